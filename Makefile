@@ -1,0 +1,55 @@
+# slurmkit — run `make help` for the targets.
+#
+# Two commands matter on a fresh machine:
+#   make demo   bring up the docker-slurm cluster and run the main job end to end
+#   make test   every test: unit tests, then cluster tests (which bring the cluster up)
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help venv test test-unit test-cluster demo cluster-up cluster-down cluster-clean \
+        cluster-status bench
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed ## Create .venv with slurmkit and its dev dependencies
+
+test: $(VENV)/.installed ## Run every test (builds and starts the cluster when needed)
+	$(PY) -m slurmkit.testing.cluster up
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-unit: $(VENV)/.installed ## Run the unit tests only (no Slurm needed)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-cluster: $(VENV)/.installed ## Run the cluster tests only
+	$(PY) -m slurmkit.testing.cluster up
+	$(PY) -m pytest tests/cluster $(PYTEST_ARGS)
+
+demo: $(VENV)/.installed ## Bring the cluster up and run the main job end to end
+	$(PY) -m slurmkit.testing.cluster up
+	$(PY) -m slurmkit.testing.demo
+
+cluster-up: $(VENV)/.installed ## Build what is missing, start the cluster, wait until ready
+	$(PY) -m slurmkit.testing.cluster up
+
+cluster-status: $(VENV)/.installed ## Health of each container and Slurm's node states
+	$(PY) -m slurmkit.testing.cluster status
+
+cluster-down: $(VENV)/.installed ## Stop and remove the containers (keeps volumes)
+	$(PY) -m slurmkit.testing.cluster down
+
+cluster-clean: $(VENV)/.installed ## Remove the containers and every volume (state, accounting)
+	$(PY) -m slurmkit.testing.cluster down --volumes
+
+bench: $(VENV)/.installed ## Run every benchmark in bench/ (one JSON line each)
+	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done

@@ -1,0 +1,1 @@
+"""Test support: the docker-slurm cluster harness (needs the `dev` extra)."""

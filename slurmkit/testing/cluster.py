@@ -1,0 +1,533 @@
+"""Harness of the docker-slurm test cluster: build, start, wait, break, mend.
+
+Used by the cluster tests' session fixture, by ``make cluster-up``/``make demo``
+and from the shell::
+
+    python -m slurmkit.testing.cluster up        # build what is missing, start, wait
+    python -m slurmkit.testing.cluster status
+    python -m slurmkit.testing.cluster crash c2  # docker kill
+    python -m slurmkit.testing.cluster cut c2    # docker network disconnect
+    python -m slurmkit.testing.cluster restore c2
+    python -m slurmkit.testing.cluster down [--volumes]
+
+Images are content-addressed: ``slurmkit-base:<hash of the package list>`` is made
+once with debootstrap + ``docker import`` (no registry needed; the mirror comes from
+this machine's apt sources), and ``slurmkit-node:<hash of its inputs>`` is rebuilt
+only when docker-slurm/ or the C plugins change. A warm ``up`` with the cluster
+already running costs a ``docker-compose up -d`` that changes nothing, plus the
+readiness checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from slurmkit.errors import ClusterHarnessError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DOCKER_SLURM = REPO_ROOT / "docker-slurm"
+COMPOSE_FILE = DOCKER_SLURM / "docker-compose.yml"
+PROJECT = "slurmkit"
+DEBIAN_SUITE = "trixie"
+COMPUTE_NODES = ("c1", "c2", "c3", "c4")
+ALL_NODES = ("db", "ctl", *COMPUTE_NODES, "login")
+TEST_USERS = ("alice", "bob", "carol")
+#: Inputs of the node image: a change to any of them rebuilds it.
+_NODE_IMAGE_INPUTS = ("docker-slurm", "job_submit", "spank")
+_NODE_IMAGE_IGNORED = (".state", "__pycache__")
+
+
+def log(message: str) -> None:
+    print(f"[cluster] {message}", file=sys.stderr, flush=True)
+
+
+def wait_until(
+    what: str,
+    condition: Callable[[], object],
+    *,
+    timeout_s: float,
+    interval_s: float = 0.5,
+    on_timeout: Callable[[], str] | None = None,
+):
+    """Poll ``condition`` until it returns a truthy value (which is returned) or the
+    deadline passes (ClusterHarnessError, with ``on_timeout()``'s diagnosis)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            detail = f": {on_timeout()}" if on_timeout else ""
+            raise ClusterHarnessError(f"timed out after {timeout_s:g} s waiting for {what}{detail}")
+        time.sleep(interval_s)
+
+
+def _run(argv: Sequence[str], *, check: bool = True, capture: bool = True,
+         env: dict | None = None, timeout_s: float | None = None,
+         input_bytes: bytes | None = None) -> subprocess.CompletedProcess:
+    try:
+        result = subprocess.run(
+            list(argv), capture_output=capture, env=env, timeout=timeout_s, input=input_bytes
+        )
+    except FileNotFoundError:
+        raise ClusterHarnessError(f"{argv[0]} is not installed on this machine") from None
+    except subprocess.TimeoutExpired:
+        raise ClusterHarnessError(f"{' '.join(argv)} did not finish in {timeout_s} s") from None
+    if check and result.returncode != 0:
+        output = ""
+        if capture:
+            output = ((result.stdout or b"") + (result.stderr or b"")).decode(errors="replace")
+        raise ClusterHarnessError(
+            f"{' '.join(argv[:4])}... exited {result.returncode}: {output.strip()[-2000:]}"
+        )
+    return result
+
+
+# ------------------------------------------------------------------- images
+
+
+def apt_mirror(sources_dir: Path = Path("/etc/apt")) -> str:
+    """The Debian mirror this machine uses, from its own apt sources (deb822 or the
+    one-line format). Never a hard-coded host."""
+    candidates: list[Path] = sorted((sources_dir / "sources.list.d").glob("*.sources"))
+    for path in candidates:
+        for stanza in path.read_text().split("\n\n"):
+            fields = dict(
+                (key.strip().lower(), value.strip())
+                for key, _, value in (line.partition(":") for line in stanza.splitlines())
+                if not key.startswith("#") and value
+            )
+            suites = fields.get("suites", "")
+            if fields.get("types", "deb").split()[0] == "deb" and "security" not in suites:
+                uris = fields.get("uris", "").split()
+                if uris:
+                    return uris[0]
+    lists = [sources_dir / "sources.list", *sorted((sources_dir / "sources.list.d").glob("*.list"))]
+    for path in lists:
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines():
+            words = re.sub(r"\[[^\]]*\]", "", line).split()
+            if len(words) >= 3 and words[0] == "deb" and "security" not in words[2]:
+                return words[1]
+    raise ClusterHarnessError(
+        f"no Debian mirror found in {sources_dir}/sources.list(.d): add one, or build "
+        "from a stock image with SLURMKIT_BASE_IMAGE=debian:trixie"
+    )
+
+
+def package_list() -> list[str]:
+    text = (DOCKER_SLURM / "packages.txt").read_text()
+    return [line.strip() for line in text.splitlines()
+            if line.strip() and not line.strip().startswith("#")]
+
+
+def base_image_tag() -> str:
+    digest = hashlib.sha256()
+    digest.update(DEBIAN_SUITE.encode())
+    digest.update("\n".join(package_list()).encode())
+    digest.update(b"base-v1")  # bump when build_base_image changes what it makes
+    return f"slurmkit-base:{digest.hexdigest()[:12]}"
+
+
+def node_image_tag(base_tag: str) -> str:
+    digest = hashlib.sha256(base_tag.encode())
+    for top in _NODE_IMAGE_INPUTS:
+        root = REPO_ROOT / top
+        if not root.exists():
+            continue
+        for path in sorted(root.rglob("*")):
+            relative = path.relative_to(REPO_ROOT)
+            if path.is_dir() or any(part in _NODE_IMAGE_IGNORED for part in relative.parts):
+                continue
+            digest.update(str(relative).encode() + b"\0")
+            digest.update(path.read_bytes())
+            digest.update(str(path.stat().st_mode & 0o111).encode())
+    return f"slurmkit-node:{digest.hexdigest()[:12]}"
+
+
+def image_exists(tag: str) -> bool:
+    return _run(["docker", "image", "inspect", tag], check=False).returncode == 0
+
+
+def ensure_debootstrap() -> None:
+    if shutil.which("debootstrap"):
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise ClusterHarnessError(
+            "debootstrap is needed to build the base image without a registry: "
+            "install it (`apt-get install debootstrap`) or set "
+            "SLURMKIT_BASE_IMAGE=debian:trixie where a registry is reachable"
+        )
+    log("installing debootstrap from this machine's apt sources")
+    _run(["apt-get", "install", "-y", "--no-install-recommends", "debootstrap"],
+         env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, timeout_s=600)
+
+
+def build_base_image(tag: str) -> None:
+    """debootstrap a minimal Debian, install the node packages in it with apt (the
+    same install-packages.sh a stock-image build runs), then ``docker import`` it.
+
+    Packages are not passed to ``debootstrap --include``: its single dpkg run does not
+    order pre-install scripts, and mariadb-server's failed when perl was not yet
+    configured.
+    """
+    ensure_debootstrap()
+    mirror = apt_mirror()
+    workdir = Path(tempfile.mkdtemp(prefix="slurmkit-rootfs-", dir="/var/tmp"))
+    rootfs = workdir / "rootfs"
+    started = time.monotonic()
+    proc_mounted = False
+    try:
+        log(f"debootstrap {DEBIAN_SUITE} from {mirror} (a few minutes, once)")
+        _run(["debootstrap", "--variant=minbase", DEBIAN_SUITE, str(rootfs), mirror],
+             timeout_s=1800)
+        (rootfs / "etc/apt/sources.list").write_text(f"deb {mirror} {DEBIAN_SUITE} main\n")
+        # Packages must not start their daemons inside the build chroot.
+        policy = rootfs / "usr/sbin/policy-rc.d"
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+        staging = rootfs / "usr/local/share/slurmkit"
+        staging.mkdir(parents=True, exist_ok=True)
+        for name in ("packages.txt", "install-packages.sh"):
+            shutil.copy2(DOCKER_SLURM / name, staging / name)
+        _run(["mount", "-t", "proc", "proc", str(rootfs / "proc")])
+        proc_mounted = True
+        log(f"installing {len(package_list())} packages in the rootfs")
+        _run(["chroot", str(rootfs), "/usr/local/share/slurmkit/install-packages.sh"],
+             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
+                  "DEBIAN_FRONTEND": "noninteractive"}, timeout_s=1800)
+        _run(["umount", str(rootfs / "proc")])
+        proc_mounted = False
+        policy.unlink()
+        # Smaller image: no package cache, docs or man pages inside the nodes.
+        for sub in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc",
+                    "usr/share/man", "usr/share/locale"):
+            target = rootfs / sub
+            if target.exists():
+                shutil.rmtree(target)
+                target.mkdir(parents=True)
+        log("docker import")
+        tar = subprocess.Popen(["tar", "--numeric-owner", "-C", str(rootfs), "-c", "."],
+                               stdout=subprocess.PIPE)
+        imported = subprocess.run(["docker", "import", "-", tag], stdin=tar.stdout,
+                                  capture_output=True)
+        tar.stdout.close()
+        if tar.wait() != 0 or imported.returncode != 0:
+            raise ClusterHarnessError(f"docker import failed: {imported.stderr.decode()}")
+    finally:
+        if proc_mounted:
+            _run(["umount", "-l", str(rootfs / "proc")], check=False)
+        shutil.rmtree(workdir, ignore_errors=True)
+    log(f"built {tag} in {time.monotonic() - started:.0f} s")
+
+
+def build_node_image(base_tag: str, tag: str) -> None:
+    log(f"building {tag} from {base_tag}")
+    started = time.monotonic()
+    _run(["docker", "build", "--network=none", "-f", str(DOCKER_SLURM / "Dockerfile"),
+          "--build-arg", f"BASE_IMAGE={base_tag}", "-t", tag, str(REPO_ROOT)],
+         timeout_s=1800)
+    log(f"built {tag} in {time.monotonic() - started:.0f} s")
+
+
+def ensure_images() -> str:
+    """Build whatever image is missing; return the node image's tag."""
+    stock = os.environ.get("SLURMKIT_BASE_IMAGE")
+    base_tag = stock or base_image_tag()
+    if not stock and not image_exists(base_tag):
+        build_base_image(base_tag)
+    tag = node_image_tag(base_tag)
+    if not image_exists(tag):
+        if stock:
+            # A stock base fetches packages while building: the build needs network.
+            log(f"building {tag} from stock image {stock}")
+            _run(["docker", "build", "-f", str(DOCKER_SLURM / "Dockerfile"),
+                  "--build-arg", f"BASE_IMAGE={stock}", "-t", tag, str(REPO_ROOT)],
+                 timeout_s=3600)
+        else:
+            build_node_image(base_tag, tag)
+    return tag
+
+
+# ------------------------------------------------------------------- cluster
+
+
+@dataclass
+class Cluster:
+    """One docker-slurm cluster (the compose project ``slurmkit``)."""
+
+    net_prefix: str = field(default_factory=lambda: os.environ.get("SLURMKIT_NET_PREFIX", "10.77.0"))
+    ssh_port: int = field(default_factory=lambda: int(os.environ.get("SLURMKIT_SSH_PORT", "2222")))
+    state_dir: Path = DOCKER_SLURM / ".state"
+    node_image: str | None = None
+
+    # ---- paths and names
+
+    @property
+    def known_hosts_path(self) -> Path:
+        return self.state_dir / "known_hosts"
+
+    def ssh_key_path(self, user: str) -> Path:
+        return self.state_dir / "ssh" / user
+
+    @property
+    def ssh_host(self) -> str:
+        return "127.0.0.1"
+
+    def ssh_target(self, user: str = "alice") -> str:
+        return f"{user}@{self.ssh_host}:{self.ssh_port}"
+
+    @staticmethod
+    def container(node: str) -> str:
+        return f"{PROJECT}-{node}"
+
+    def node_address(self, node: str) -> str:
+        suffix = {"ctl": 10, "db": 11, "login": 30}.get(node)
+        if suffix is None:
+            suffix = 20 + int(node.removeprefix("c"))
+        return f"{self.net_prefix}.{suffix}"
+
+    @property
+    def network(self) -> str:
+        return f"{PROJECT}_slurmnet"
+
+    # ---- docker plumbing
+
+    def _docker(self):
+        import docker  # the dev extra; imported lazily so the module loads without it
+
+        if not hasattr(self, "_docker_client"):
+            self._docker_client = docker.from_env(timeout=120)
+        return self._docker_client
+
+    def compose(self, *args: str, capture: bool = True, timeout_s: float = 600):
+        env = {**os.environ, "SLURMKIT_NET_PREFIX": self.net_prefix,
+               "SLURMKIT_SSH_PORT": str(self.ssh_port),
+               "SLURMKIT_AUTHORIZED_KEYS_DIR": str(self.state_dir / "authorized_keys"),
+               "SLURMKIT_NODE_IMAGE": self.node_image or "slurmkit-node:latest"}
+        return _run(["docker-compose", "-p", PROJECT, "-f", str(COMPOSE_FILE), *args],
+                    env=env, capture=capture, timeout_s=timeout_s)
+
+    def container_state(self, node: str) -> dict:
+        """Docker's State of the node's container ({} when it does not exist)."""
+        import docker
+
+        try:
+            container = self._docker().containers.get(self.container(node))
+        except docker.errors.NotFound:
+            return {}
+        return container.attrs.get("State", {})
+
+    def health(self, node: str) -> str:
+        state = self.container_state(node)
+        if not state:
+            return "absent"
+        if not state.get("Running"):
+            return "stopped"
+        return state.get("Health", {}).get("Status", "running")
+
+    def exec(self, node: str, argv: Sequence[str], *, user: str = "root",
+             timeout_s: float = 120, check: bool = True,
+             input_text: str | None = None) -> subprocess.CompletedProcess:
+        """Run argv in the node's container (``docker exec``); text output."""
+        docker_argv = ["docker", "exec", "-i" if input_text is not None else "-t=false",
+                       "-u", user, self.container(node), *argv]
+        docker_argv = [arg for arg in docker_argv if arg != "-t=false"]
+        result = subprocess.run(docker_argv, capture_output=True, timeout=timeout_s,
+                                input=input_text, text=True, encoding="utf-8",
+                                errors="replace")
+        if check and result.returncode != 0:
+            raise ClusterHarnessError(
+                f"{' '.join(argv)} on {node} exited {result.returncode}: "
+                f"{result.stderr.strip()[-2000:]}"
+            )
+        return result
+
+    # ---- lifecycle
+
+    def prepare_ssh(self) -> None:
+        """Per-user client keys (made once, kept in .state/) and the authorized_keys
+        directory the login node mounts."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+
+        (self.state_dir / "ssh").mkdir(parents=True, exist_ok=True)
+        authorized = self.state_dir / "authorized_keys"
+        authorized.mkdir(parents=True, exist_ok=True)
+        for user in TEST_USERS:
+            private_path = self.ssh_key_path(user)
+            public_path = private_path.with_suffix(".pub")
+            if not private_path.exists():
+                key = ed25519.Ed25519PrivateKey.generate()
+                pem = key.private_bytes(serialization.Encoding.PEM,
+                                        serialization.PrivateFormat.OpenSSH,
+                                        serialization.NoEncryption())
+                public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                       serialization.PublicFormat.OpenSSH)
+                tmp = private_path.with_suffix(".tmp")
+                tmp.write_bytes(pem)
+                tmp.chmod(0o600)
+                tmp.rename(private_path)
+                public_path.write_bytes(public + f" {user}@slurmkit-test\n".encode())
+            target = authorized / user
+            target.write_bytes(public_path.read_bytes())
+            target.chmod(0o644)
+        authorized.chmod(0o755)
+
+    def up(self, *, timeout_s: float = 600) -> None:
+        """Build what is missing, start (or keep) the containers, wait until every
+        node is healthy and every compute node is up in Slurm."""
+        started = time.monotonic()
+        self.node_image = ensure_images()
+        self.prepare_ssh()
+        # Idempotent: containers whose config (image, mounts) is unchanged are left
+        # running; changed ones are re-created.
+        self.compose("up", "-d", "--remove-orphans", timeout_s=timeout_s)
+        self.wait_healthy(ALL_NODES, timeout_s=timeout_s)
+        self.write_known_hosts()
+        self.wait_nodes_up(COMPUTE_NODES, timeout_s=timeout_s)
+        log(f"cluster ready in {time.monotonic() - started:.1f} s "
+            f"(ssh {self.ssh_target()}, image {self.node_image})")
+
+    def down(self, *, volumes: bool = False) -> None:
+        args = ["down", "--remove-orphans"] + (["--volumes"] if volumes else [])
+        self.compose(*args)
+
+    def wait_healthy(self, nodes: Iterable[str], *, timeout_s: float = 300) -> None:
+        nodes = list(nodes)
+
+        def all_healthy() -> bool:
+            states = {node: self.health(node) for node in nodes}
+            dead = [node for node, state in states.items() if state in ("stopped", "absent")]
+            if dead:
+                raise ClusterHarnessError(
+                    f"node(s) {', '.join(dead)} stopped while starting: "
+                    + "; ".join(f"{node}: {self.logs_tail(node)}" for node in dead)
+                )
+            return all(state == "healthy" for state in states.values())
+
+        wait_until("healthy nodes", all_healthy, timeout_s=timeout_s,
+                   on_timeout=lambda: str({node: self.health(node) for node in nodes}))
+
+    def logs_tail(self, node: str, lines: int = 15) -> str:
+        result = _run(["docker", "logs", "--tail", str(lines), self.container(node)], check=False)
+        return (result.stdout + result.stderr).decode(errors="replace").strip()
+
+    def node_states(self) -> dict[str, list[str]]:
+        """Slurm's state flags per compute node, read on the controller."""
+        result = self.exec("ctl", ["scontrol", "show", "nodes", "--json"], check=False)
+        if result.returncode != 0:
+            return {}
+        try:
+            payload = json.loads(result.stdout)
+        except json.JSONDecodeError:
+            return {}
+        return {node["name"]: list(node.get("state", [])) for node in payload.get("nodes", [])}
+
+    def wait_nodes_up(self, nodes: Iterable[str], *, timeout_s: float = 120) -> None:
+        """Wait until each node is known to slurmctld and neither DOWN nor NOT_RESPONDING."""
+        nodes = list(nodes)
+        bad = {"DOWN", "NOT_RESPONDING", "UNKNOWN", "FAIL", "DRAIN", "FUTURE"}
+
+        def all_up() -> bool:
+            states = self.node_states()
+            return all(node in states and not bad & set(states[node]) for node in nodes)
+
+        wait_until(f"nodes {','.join(nodes)} to be up in Slurm", all_up,
+                   timeout_s=timeout_s, on_timeout=lambda: str(self.node_states()))
+
+    def write_known_hosts(self) -> None:
+        """Record the login node's host keys, read through docker (a channel that
+        cannot be intercepted), in .state/known_hosts."""
+        lines = []
+        for algorithm in ("ed25519", "ecdsa"):
+            public = self.exec("login", ["cat", f"/etc/ssh/hostkeys/ssh_host_{algorithm}_key.pub"])
+            key_type, key_data = public.stdout.split()[:2]
+            lines.append(f"[{self.ssh_host}]:{self.ssh_port} {key_type} {key_data}\n")
+        self.known_hosts_path.write_text("".join(lines))
+
+    # ---- faults
+
+    def crash(self, node: str) -> None:
+        """Kill the node's container outright (SIGKILL to tini: every process dies,
+        as on a power loss)."""
+        self._docker().containers.get(self.container(node)).kill()
+
+    def cut(self, node: str) -> None:
+        """Disconnect the node from the cluster network; its processes keep running."""
+        self._docker().networks.get(self.network).disconnect(self.container(node), force=True)
+
+    def restore(self, node: str, *, timeout_s: float = 180, wait_slurm: bool = True) -> None:
+        """Undo crash or cut: reconnect or start the container, wait until healthy
+        and (for compute nodes) back in service."""
+        container = self._docker().containers.get(self.container(node))
+        container.reload()
+        networks = container.attrs["NetworkSettings"]["Networks"]
+        if container.status != "running":
+            container.start()
+        elif self.network not in networks:
+            self._docker().networks.get(self.network).connect(
+                container, ipv4_address=self.node_address(node), aliases=[node])
+        self.wait_healthy([node], timeout_s=timeout_s)
+        if wait_slurm and node in COMPUTE_NODES:
+            self.wait_nodes_up([node], timeout_s=timeout_s)
+
+
+# ------------------------------------------------------------------- CLI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m slurmkit.testing.cluster",
+                                     description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("build", help="build the base and node images if missing")
+    sub.add_parser("up", help="build, start and wait until ready")
+    down = sub.add_parser("down", help="stop and remove the containers")
+    down.add_argument("--volumes", action="store_true", help="also delete state and data")
+    sub.add_parser("status", help="health of each node and Slurm's node states")
+    for name, text in (("crash", "kill a node's container"),
+                       ("cut", "disconnect a node from the network"),
+                       ("restore", "start or reconnect a node and wait for it")):
+        fault = sub.add_parser(name, help=text)
+        fault.add_argument("node", choices=ALL_NODES)
+    args = parser.parse_args(argv)
+    cluster = Cluster()
+    try:
+        if args.command == "build":
+            print(ensure_images())
+        elif args.command == "up":
+            cluster.up()
+        elif args.command == "down":
+            cluster.down(volumes=args.volumes)
+        elif args.command == "status":
+            for node in ALL_NODES:
+                print(f"{node:6} {cluster.health(node)}")
+            for node, state in sorted(cluster.node_states().items()):
+                print(f"slurm {node:4} {'+'.join(state)}")
+        elif args.command == "crash":
+            cluster.crash(args.node)
+        elif args.command == "cut":
+            cluster.cut(args.node)
+        elif args.command == "restore":
+            cluster.restore(args.node)
+    except ClusterHarnessError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
