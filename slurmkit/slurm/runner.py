@@ -39,8 +39,9 @@ from slurmkit.errors import (
 #: spec's back (ReFrame does the same).
 _DROPPED_PREFIXES = ("SBATCH_", "SALLOC_", "SQUEUE_", "SINFO_", "SACCT_", "SCONTROL_")
 _DROPPED_NAMES = ("SLURM_TIME_FORMAT",)
-#: Pinned so that accounting times always parse: ISO 8601 without a zone.
-PINNED_ENV = {"SLURM_TIME_FORMAT": "standard"}
+#: Pinned so that times in text output are UNIX epoch seconds (strftime's %s): no
+#: time zone to guess when sacct ran on a login node in another zone.
+PINNED_ENV = {"SLURM_TIME_FORMAT": "%s"}
 
 
 def slurm_environment(base: Mapping[str, str], keep: Sequence[str] = ()) -> dict[str, str]:

@@ -531,3 +531,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+class ContainerRunner:
+    """A Runner that runs argv inside a node's container (``docker exec -u USER``):
+    what a user logged in on that node would run. Used by tests and the demo."""
+
+    def __init__(self, cluster: Cluster, node: str = "login", user: str = "alice",
+                 env: dict[str, str] | None = None):
+        self.cluster = cluster
+        self.node = node
+        self.user = user
+        self.env = dict(env or {})
+        self.where = f"{user}@{node} (docker exec)"
+
+    def run(self, argv, *, timeout_s: float = 60.0, input_text: str | None = None):
+        from slurmkit.errors import CommandNotFoundError, CommandTimeoutError
+        from slurmkit.slurm.runner import PINNED_ENV, CommandResult
+
+        env_args = [f"--env={name}={value}" for name, value in {**PINNED_ENV, **self.env}.items()]
+        docker_argv = ["docker", "exec", "-i", "-u", self.user, "-w", f"/home/{self.user}",
+                       *env_args, self.cluster.container(self.node), *[str(a) for a in argv]]
+        try:
+            result = subprocess.run(docker_argv, capture_output=True, timeout=timeout_s,
+                                    input=input_text if input_text is not None else "",
+                                    text=True, encoding="utf-8", errors="replace")
+        except subprocess.TimeoutExpired:
+            raise CommandTimeoutError(list(argv), timeout_s, self.where) from None
+        if result.returncode == 127 and "executable file not found" in result.stderr:
+            raise CommandNotFoundError(str(argv[0]), self.where)
+        return CommandResult(tuple(str(a) for a in argv), result.returncode, result.stdout,
+                             result.stderr, self.where)

@@ -1,0 +1,138 @@
+"""Cluster tests run against the docker-slurm cluster.
+
+The session fixture brings it up (building images on a cold machine) or reuses a
+healthy one, cancels the test users' leftover jobs, and before each test brings back
+any node a previous test crashed or cut off. Tests submit through ``jobs``, which
+cancels whatever they submitted in teardown.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+import pytest
+
+from slurmkit.errors import SlurmCommandError
+from slurmkit.slurm.client import SlurmClient
+from slurmkit.slurm.models import AccountingRecord, Job
+from slurmkit.testing.cluster import COMPUTE_NODES, TEST_USERS, Cluster, ContainerRunner, wait_until
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/cluster/" in str(item.fspath):
+            item.add_marker(pytest.mark.cluster)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Cluster:
+    cluster = Cluster()
+    cluster.up()
+    cluster.exec("ctl", ["scancel", f"--user={','.join(TEST_USERS)}"], check=False)
+    wait_until("the test users' old jobs to leave the queue",
+               lambda: not cluster.exec("ctl", ["squeue", "--noheader", "--format=%i",
+                                                f"--user={','.join(TEST_USERS)}"]).stdout.strip(),
+               timeout_s=120)
+    return cluster
+
+
+@pytest.fixture(autouse=True)
+def _all_nodes_back(request):
+    """Every cluster test starts with every node healthy and in service."""
+    if "cluster" not in request.fixturenames:
+        yield
+        return
+    cluster: Cluster = request.getfixturevalue("cluster")
+    for node in ("db", "ctl", *COMPUTE_NODES, "login"):
+        if cluster.health(node) != "healthy" or (
+                node in COMPUTE_NODES and cluster.network not in _networks(cluster, node)):
+            cluster.restore(node)
+    cluster.wait_nodes_up(COMPUTE_NODES, timeout_s=180)
+    yield
+
+
+def _networks(cluster: Cluster, node: str) -> set[str]:
+    container = cluster._docker().containers.get(cluster.container(node))
+    return set(container.attrs["NetworkSettings"]["Networks"])
+
+
+@pytest.fixture
+def slurm(cluster) -> SlurmClient:
+    """Slurm as alice sees it on the login node."""
+    return SlurmClient(ContainerRunner(cluster, "login", "alice"))
+
+
+class JobTracker:
+    """Submits jobs for a test and cancels all of them when the test ends."""
+
+    def __init__(self, client: SlurmClient):
+        self.client = client
+        self.job_ids: list[int] = []
+
+    def submit(self, script: str, args: Sequence[str] = ()) -> int:
+        job_id = self.client.submit(script, args).job_id
+        self.job_ids.append(job_id)
+        return job_id
+
+    def job(self, job_id: int) -> Job | None:
+        jobs = self.client.jobs(job_ids=[job_id])
+        return jobs[0] if jobs else None
+
+    def wait_state(self, job_id: int, states: Iterable[str], timeout_s: float = 120) -> Job:
+        """Wait until the job is in the queue in one of ``states``."""
+        states = set(states)
+        return wait_until(f"job {job_id} to be {'/'.join(sorted(states))}",
+                          lambda: (job := self.job(job_id)) and job.state in states and job,
+                          timeout_s=timeout_s, interval_s=0.5,
+                          on_timeout=lambda: f"it is {self.job(job_id)}")
+
+    def runs(self, job_id: int) -> list[AccountingRecord]:
+        return sorted(self.client.accounting(job_ids=[job_id], since="now-1days"),
+                      key=lambda record: record.restarts)
+
+    def wait_runs(self, job_id: int, condition: Callable[[list[AccountingRecord]], bool],
+                  what: str, timeout_s: float = 120) -> list[AccountingRecord]:
+        return wait_until(f"job {job_id}: {what}",
+                          lambda: (runs := self.runs(job_id)) and condition(runs) and runs,
+                          timeout_s=timeout_s, interval_s=1.0,
+                          on_timeout=lambda: "accounting has "
+                          + str([(r.restarts, r.state, r.nodes) for r in self.runs(job_id)]))
+
+    def wait_finished(self, job_id: int, timeout_s: float = 120) -> AccountingRecord:
+        """Wait until the job left the queue; return its last run's record."""
+        wait_until(f"job {job_id} to finish", lambda: self.job(job_id) is None
+                   or self.job(job_id).state not in ("PENDING", "RUNNING", "COMPLETING",
+                                                      "CONFIGURING", "REQUEUED"),
+                   timeout_s=timeout_s, interval_s=0.5)
+        return self.wait_runs(job_id, lambda runs: runs[-1].end_epoch_s is not None,
+                              "its last run to be accounted", timeout_s=60)[-1]
+
+    def cancel_all(self) -> None:
+        """Cancel the test's jobs still in the queue, and wait until they left it."""
+        if not self.job_ids:
+            return
+        queued = [job.job_id for job in self.client.jobs(job_ids=self.job_ids)
+                  if job.state not in ("COMPLETED", "FAILED", "CANCELLED", "NODE_FAIL",
+                                       "TIMEOUT", "PREEMPTED", "OUT_OF_MEMORY")]
+        if not queued:
+            return
+        try:
+            self.client.cancel(queued)
+        except SlurmCommandError:
+            pass  # a job may have ended between the query and scancel
+        wait_until("cancelled jobs to leave the queue",
+                   lambda: not [job for job in self.client.jobs(job_ids=queued)
+                                if job.state in ("PENDING", "RUNNING", "COMPLETING")],
+                   timeout_s=120)
+
+
+@pytest.fixture
+def jobs(slurm):
+    tracker = JobTracker(slurm)
+    yield tracker
+    tracker.cancel_all()
+
+
+def monotonic_deadline(timeout_s: float) -> float:
+    return time.monotonic() + timeout_s

@@ -1,0 +1,51 @@
+"""The pure parts of the docker-slurm harness."""
+
+import pytest
+
+from slurmkit.errors import ClusterHarnessError
+from slurmkit.testing import cluster
+
+
+def test_mirror_from_deb822_sources_skips_security(tmp_path):
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\n# http://snapshot.example/archive\nURIs: http://security.example/debian-security\n"
+        "Suites: bookworm-security\nComponents: main\n\n"
+        "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n"
+        "Components: main\n")
+    assert cluster.apt_mirror(tmp_path) == "http://mirror.example/debian"
+
+
+def test_mirror_from_one_line_sources(tmp_path):
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list").write_text(
+        "deb http://security.example/debian-security bookworm-security main\n"
+        "deb [arch=amd64 signed-by=/k.gpg] http://mirror.example/debian bookworm main\n")
+    assert cluster.apt_mirror(tmp_path) == "http://mirror.example/debian"
+
+
+def test_no_mirror_says_how_to_proceed(tmp_path):
+    (tmp_path / "sources.list.d").mkdir()
+    with pytest.raises(ClusterHarnessError, match="SLURMKIT_BASE_IMAGE"):
+        cluster.apt_mirror(tmp_path)
+
+
+def test_image_tags_are_content_addressed():
+    base = cluster.base_image_tag()
+    assert base == cluster.base_image_tag() and base.startswith("slurmkit-base:")
+    node = cluster.node_image_tag(base)
+    assert node.startswith("slurmkit-node:") and node != cluster.node_image_tag(base + "x")
+
+
+def test_package_list_has_the_slurm_daemons():
+    packages = cluster.package_list()
+    assert {"slurmctld", "slurmd", "slurmdbd", "munge", "mariadb-server"} <= set(packages)
+    assert all(not package.startswith("#") for package in packages)
+
+
+def test_wait_until_returns_the_value_or_explains_the_timeout():
+    values = iter([0, 0, "ready"])
+    assert cluster.wait_until("x", lambda: next(values), timeout_s=5, interval_s=0.01) == "ready"
+    with pytest.raises(ClusterHarnessError, match="waiting for never: still 0"):
+        cluster.wait_until("never", lambda: 0, timeout_s=0.05, interval_s=0.01,
+                           on_timeout=lambda: "still 0")
