@@ -21,11 +21,34 @@ from slurmkit.errors import SlurmkitError
 #: command name -> (module, attribute, one-line help shown without importing it)
 _COMMANDS = {
     "show": ("slurmkit.cli.show", "show", "Show nodes, partitions, jobs and accounting runs."),
+    "submit": ("slurmkit.cli.submit", "submit", "Validate, place and submit a job spec."),
+    "render": ("slurmkit.cli.submit", "render", "Print the sbatch script of a job spec."),
+    "topology": ("slurmkit.cli.topology", "topology", "Show the switch tree; try a placement."),
 }
 
 
+class SlurmkitClickError(click.ClickException):
+    """A SlurmkitError at the CLI edge: one line, the error's exit code."""
+
+    def __init__(self, error: SlurmkitError):
+        super().__init__(str(error))
+        self.exit_code = error.exit_code
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True, file=file)
+
+
 class LazyGroup(click.Group):
-    """A group whose subcommands are imported on first use."""
+    """A group whose subcommands are imported on first use. Turns SlurmkitError
+    into a one-line message and its exit code (tracebacks with SLURMKIT_DEBUG=1)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SlurmkitError as error:
+            if os.environ.get("SLURMKIT_DEBUG"):
+                raise
+            raise SlurmkitClickError(error) from error
 
     def __init__(self, *args, lazy_commands: dict[str, tuple[str, str, str]], **kwargs):
         super().__init__(*args, **kwargs)
@@ -82,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
-    except SlurmkitError as error:
+    except SlurmkitError as error:  # raised outside a command (e.g. while parsing)
         if os.environ.get("SLURMKIT_DEBUG"):
             raise
         click.echo(f"error: {error}", err=True)

@@ -124,6 +124,12 @@ class SlurmClient:
         text = self.run(self.accounting_argv(json_output=False, **options)).stdout
         return parse.parse_accounting_parsable2(text.splitlines())
 
+    def node_events_text(self, since: str = "now-1days") -> str:
+        """slurmdbd's node state events (DOWN, DRAIN...) since ``since``."""
+        return self.run(["sacctmgr", "--noheader", "--parsable2", "show", "event",
+                         f"start={since}", "format=NodeName,TimeStart,TimeEnd,State,Reason"]
+                        ).stdout
+
     def ping(self) -> bool:
         """True when the primary slurmctld answers."""
         text = self.run(["scontrol", "ping", "--json"]).stdout

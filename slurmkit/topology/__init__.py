@@ -1,0 +1,1 @@
+"""Pure topology: the switch/block tree, its parsers, and placement."""

@@ -1,0 +1,104 @@
+"""submit/render/topology through Click's CliRunner, against captured Slurm output."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from slurmkit.cli import cli
+from slurmkit.cli._context import Connection
+from slurmkit.slurm.runner import CommandResult, RecordingRunner
+
+TOPOLOGY_TEXT = ("SwitchName=leaf1 Level=0 LinkSpeed=1 Nodes=c[1-2]\n"
+                 "SwitchName=leaf2 Level=0 LinkSpeed=1 Nodes=c[3-4]\n"
+                 "SwitchName=spine Level=1 LinkSpeed=1 Nodes=c[1-4] Switches=leaf[1-2]\n")
+
+
+@pytest.fixture
+def slurm(monkeypatch, data):
+    """A fake cluster: nodes from the capture (c4 half busy), no failures."""
+    def respond(argv):
+        if argv[:3] == ("scontrol", "show", "nodes"):
+            return CommandResult(argv, 0, data("scontrol_nodes.json"), "", "fake")
+        if argv[:3] == ("scontrol", "show", "topology"):
+            return CommandResult(argv, 0, TOPOLOGY_TEXT, "", "fake")
+        if argv[0] == "sacct":
+            return CommandResult(argv, 0, json.dumps({"jobs": []}), "", "fake")
+        if argv[0] == "sacctmgr":
+            return CommandResult(argv, 0, "", "", "fake")
+        if argv[:2] == ("sbatch", "--parsable"):
+            return CommandResult(argv, 0, "4242\n", "", "fake")
+        return CommandResult(argv, 1, "", "unexpected command", "fake")
+
+    runner = RecordingRunner(respond)
+    monkeypatch.setattr(Connection, "runner", lambda self: runner)
+    monkeypatch.setattr("slurmkit.cli.submit._have_slurm", lambda: True)
+    return runner
+
+
+@pytest.fixture
+def spec_file(tmp_path):
+    path = tmp_path / "job.toml"
+    path.write_text('kind = "training"\ncommand = ["python", "train.py"]\nnodes = 2\n'
+                    'gpus_per_node = 8\n[env]\nNCCL_DEBUG = "WARN"\n')
+    return path
+
+
+def test_submit_places_renders_and_submits(slurm, spec_file):
+    result = CliRunner().invoke(cli, ["submit", str(spec_file), "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    assert payload["job_id"] == 4242
+    # c4 is half busy in the capture: the exclusive 2-node job goes to leaf1.
+    assert payload["placement"]["nodelist"] == "c[1-2]"
+    assert payload["placement"]["optimal_leaf_switches"] == 1
+    [submission] = [call for call in slurm.calls if call[0] == "sbatch"]
+    assert submission == ("sbatch", "--parsable")  # the script travels on stdin
+
+
+def test_dry_run_prints_the_script_and_submits_nothing(slurm, spec_file):
+    result = CliRunner().invoke(cli, ["submit", str(spec_file), "--dry-run", "--explain",
+                                      "-J", "try 1", "--export", "EXTRA=1"])
+    assert result.exit_code == 0, result.output
+    assert '#SBATCH --job-name="try 1"' in result.output
+    assert '#SBATCH --nodelist="c[1-2]"' in result.output
+    assert "export NCCL_DEBUG=WARN" in result.output and "export EXTRA=1" in result.output
+    assert not [call for call in slurm.calls if call[0] == "sbatch"]
+
+
+def test_flag_errors_are_usage_errors(slurm, spec_file):
+    result = CliRunner().invoke(cli, ["submit", str(spec_file), "-N", "4-2"])
+    assert result.exit_code == 2 and "MAX (2) is below MIN (4)" in result.output
+    result = CliRunner().invoke(cli, ["submit", str(spec_file), "-t", "soon"])
+    assert result.exit_code == 2 and "'soon'" in result.output
+
+
+def test_render_needs_no_cluster():
+    result = CliRunner().invoke(cli, ["render", "--kind", "batch", "-J", "a;b", "-o", "out%.log",
+                                      "-D", "/tmp/x y", "--export", "K=v w", "--", "echo",
+                                      "$(id)"])
+    assert result.exit_code == 0, result.output
+    assert '#SBATCH --output="out%%.log"' in result.output
+    assert "srun echo '$(id)'" in result.output and "export K='v w'" in result.output
+
+
+def test_render_reports_spec_errors_with_exit_2(tmp_path):
+    spec = tmp_path / "bad.toml"
+    spec.write_text('command = ["x"]\ngpus = 8\n')
+    result = CliRunner().invoke(cli, ["render", "-f", str(spec)])
+    assert result.exit_code == 2
+    assert "bad.toml" in result.output and "unknown key 'gpus'" in result.output
+
+
+def test_topology_show_draws_the_tree(slurm):
+    result = CliRunner().invoke(cli, ["topology", "show"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("spine (level 1)")
+    assert "leaf2" in lines[2] and "c4[busy]" in lines[2]
+
+
+def test_topology_place(slurm):
+    result = CliRunner().invoke(cli, ["topology", "place", "-N", "4", "--json"])
+    payload = json.loads(result.output)
+    assert payload["nodelist"] is None and payload["switches"] == "2@00:30:00"

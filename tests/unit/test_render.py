@@ -1,0 +1,203 @@
+"""Templates: golden scripts per kind, quoting enforced on every interpolation, and
+a fuzz of hostile values that must never execute."""
+
+import os
+import random
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from slurmkit.errors import UserInputError
+from slurmkit.render import (
+    PACKAGE_TEMPLATES,
+    QUOTING_FILTERS,
+    PlacementOptions,
+    RenderError,
+    render_script,
+    sbatch_quote,
+    shell_quote,
+)
+from slurmkit.spec import build_spec
+from tests.unit.sbatch_model import sbatch_arguments
+
+GOLDEN = Path(__file__).parent / "golden"
+REGENERATE = os.environ.get("SLURMKIT_REGENERATE_GOLDEN") == "1"
+
+SPECS = {
+    "training": dict(kind="training", job_name="llama-7b", command=["python", "train.py",
+                     "--config", "cfg/7b.yaml"], nodes="2-4", gpus_per_node=8,
+                     time_limit="1-00:00:00", partition="gpu", account="team-a",
+                     checkpoint_dir="/shared/ckpt/llama 7b", env={"NCCL_DEBUG": "WARN"}),
+    "training-torchrun": dict(kind="training", job_name="ddp", command=["train.py"],
+                              nodes=2, gpus_per_node=4, launcher="torchrun",
+                              output="/shared/logs/ddp-100%.out"),
+    "inference": dict(kind="inference", job_name="serve-8b", command=["vllm", "serve",
+                      "meta/llama-3-8b"], replicas=2, gpus_per_node=8, port=8000, qos="inference"),
+    "batch": dict(kind="batch", job_name="sft-sweep", command=["python", "sft.py"],
+                  array="0-15%4", time_limit="2:00:00", chdir="/shared/sft"),
+}
+PLACEMENT = PlacementOptions(nodelist="c[1-4]", exclude="c7", node_count=4)
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_golden_scripts(name):
+    """Regenerate with: SLURMKIT_REGENERATE_GOLDEN=1 .venv/bin/pytest tests/unit/test_render.py"""
+    placement = PLACEMENT if name == "training" else None
+    script = render_script(build_spec(SPECS[name]), placement)
+    golden = GOLDEN / f"{name}.sbatch"
+    if REGENERATE:
+        golden.write_text(script)
+    assert script == golden.read_text(), f"{golden} differs; regenerate if intended"
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_golden_scripts_are_valid_bash(name):
+    subprocess.run(["bash", "-n", str(GOLDEN / f"{name}.sbatch")], check=True)
+
+
+def test_every_interpolation_in_every_template_is_quoted():
+    expression = re.compile(r"{{(.*?)}}", re.S)
+    unquoted = []
+    for template in sorted(PACKAGE_TEMPLATES.glob("*.j2")):
+        for match in expression.finditer(template.read_text()):
+            last_filter = match.group(1).rsplit("|", 1)
+            if len(last_filter) < 2 or last_filter[1].strip().split("(")[0] not in QUOTING_FILTERS:
+                unquoted.append(f"{template.name}: {{{{{match.group(1)}}}}}")
+    assert not unquoted, "unquoted interpolations:\n" + "\n".join(unquoted)
+    assert list(PACKAGE_TEMPLATES.glob("*.j2")), "no templates found"
+
+
+def test_missing_values_are_errors_not_empty_strings(tmp_path):
+    (tmp_path / "batch.sbatch.j2").write_text("#!/bin/bash\necho {{ no_such_value | q }}\n")
+    with pytest.raises(RenderError, match="no_such_value"):
+        render_script(build_spec({"command": ["x"]}), template_dirs_extra=[tmp_path])
+
+
+def test_site_templates_override_the_package(tmp_path):
+    (tmp_path / "batch.sbatch.j2").write_text(
+        '{% extends "base.sbatch.j2" %}{% block body %}echo site {{ spec.job_name | q }}\n'
+        "{% endblock %}")
+    script = render_script(build_spec({"command": ["x"], "job_name": "j"}),
+                           template_dirs_extra=[tmp_path])
+    assert script.endswith("echo site j\n") and '#SBATCH --job-name="j"' in script
+
+
+def test_newline_in_an_sbatch_value_is_refused_with_the_reason():
+    spec = build_spec({"command": ["x"], "env": {"A": "b"}})
+    with pytest.raises(RenderError, match="newline"):
+        sbatch_quote("evil\n#SBATCH --wrap=x")
+    assert isinstance(RenderError("x"), UserInputError)
+    assert "newline" not in render_script(spec)
+
+
+def test_literal_output_paths_double_percent():
+    script = render_script(build_spec({"command": ["x"], "output": "/logs/100%_%j.out"}))
+    [line] = [line for line in script.splitlines() if line.startswith("#SBATCH --output")]
+    assert sbatch_arguments(line) == ["--output=/logs/100%%_%%j.out"]
+
+
+@given(st.text(alphabet=st.characters(blacklist_characters="\n\r\0", codec="utf-8"),
+               min_size=0, max_size=60))
+@settings(max_examples=500)
+def test_sbatch_quoting_round_trips_through_sbatchs_tokenizer(value):
+    assert sbatch_arguments(f"#SBATCH --job-name={sbatch_quote(value)}") == [f"--job-name={value}"]
+
+
+@given(st.text(alphabet=st.characters(blacklist_characters="\0", codec="utf-8"), max_size=60))
+@settings(max_examples=500)
+def test_shell_quoting_round_trips(value):
+    assert shlex.split(shell_quote(value)) == [value]
+
+
+# ------------------------------------------------------------------- fuzz
+
+_PAYLOADS = [
+    "$(touch {M})", "`touch {M}`", "; touch {M}", "&& touch {M}", "| touch {M}",
+    "' ; touch {M} ; '", '" ; touch {M} ; "', "\\'; touch {M}; #", '\\"; touch {M}; #',
+    "${{IFS}}touch${{IFS}}{M}", "$(IFS=_;cmd=touch_{M};$cmd)", "\n touch {M}\n",
+    "\r\ntouch {M}", "%j $(touch {M}) %x", "$'\\x3b' touch {M}", ">{M}", "<(touch {M})",
+    "#SBATCH --wrap='touch {M}'", "\"\n#SBATCH --wrap=touch {M}\n\"", "\\\n touch {M}",
+    "ünïcødé ⚡ $(touch {M})", "'\"`$(touch {M})`\"'", "$(touch {M}) # %% %%j",
+    "x\x00$(touch {M})", "*; touch {M}", "~/$(touch {M})", "!$(touch {M})",
+]
+_FIELDS = ["job_name", "output", "chdir", "checkpoint_dir", "log_dir", "env", "argument"]
+_KINDS = ["training", "inference", "batch"]
+
+
+def _hostile_values(marker: str, count: int, seed: int = 20261128):
+    randomness = random.Random(seed)
+    alphabet = "abc $`'\"\\;|&<>(){}[]*?!#%~=\t\n\r" + "üλ⚡中"
+    for index in range(count):
+        payload = _PAYLOADS[index % len(_PAYLOADS)].format(M=marker)
+        noise = "".join(randomness.choice(alphabet) for _ in range(randomness.randint(0, 12)))
+        yield randomness.choice([payload, noise + payload, payload + noise,
+                                 noise + payload + noise])
+
+
+def _spec_with(kind: str, field: str, value: str, workdir: Path):
+    values = {"kind": kind, "command": ["prog", "--flag"], "job_name": "fuzz",
+              "chdir": str(workdir)}
+    if kind != "training" and field in ("checkpoint_dir", "log_dir"):
+        field = "output"  # the training-only path fields' stand-in for other kinds
+    if field == "env":
+        values["env"] = {"HOSTILE": value}
+    elif field == "argument":
+        values["command"] = ["prog", value, "--x=" + value]
+    else:
+        values[field] = value
+    return build_spec(values)
+
+
+def test_fuzz_no_hostile_value_ever_executes(tmp_path):
+    """1400 hostile values in every field of every kind: each script is either
+    refused with a clear error (a newline in an #SBATCH value) or passes bash -n and,
+    run in a sandbox with stub Slurm commands, never creates the marker file."""
+    marker = tmp_path / "pwned"
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    for name in ("srun", "scontrol", "torchrun", "prog"):
+        stub = stubs / name
+        stub.write_text("#!/bin/sh\nexit 0\n")  # print nothing, run nothing
+        stub.chmod(0o755)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    env = {"PATH": f"{stubs}:/usr/bin:/bin", "HOME": str(tmp_path), "SLURM_JOB_ID": "1",
+           "SLURM_JOB_NODELIST": "c1", "SLURM_JOB_NUM_NODES": "1", "LANG": "C.UTF-8"}
+    rendered = refused = 0
+    scripts = []
+    for index, value in enumerate(_hostile_values(str(marker), 1400)):
+        kind = _KINDS[index % len(_KINDS)]
+        field = _FIELDS[index % len(_FIELDS)]
+        try:
+            spec = _spec_with(kind, field, value, workdir)
+            script = render_script(spec)
+        except UserInputError as error:
+            assert "newline" in str(error) or "NUL" in str(error) or "single line" in str(error) \
+                or "carriage return" in str(error), error
+            refused += 1
+            continue
+        rendered += 1
+        # sbatch reads #SBATCH lines up to the first line that is not a comment:
+        # each must tokenize (no unmatched quote) into exactly one --option[=value].
+        for line in script.splitlines()[1:]:
+            if line and not line.startswith("#"):
+                break
+            if line.startswith("#SBATCH"):
+                [argument] = sbatch_arguments(line)
+                assert argument.startswith("--"), line
+        scripts.append(script)
+    # Run them in batches: one bash per script, all in the sandbox directory.
+    for index, script in enumerate(scripts):
+        path = tmp_path / f"script-{index}.sh"
+        path.write_text(script)
+        syntax = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+        assert syntax.returncode == 0, f"{path}: {syntax.stderr}"
+        subprocess.run(["bash", str(path)], env=env, cwd=workdir, capture_output=True,
+                       timeout=30)
+        assert not marker.exists(), f"script {path} executed injected text:\n{script}"
+    assert rendered >= 1000 and rendered + refused == 1400, (rendered, refused)
