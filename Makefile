@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help venv test test-unit test-cluster demo cluster-up cluster-down cluster-clean \
-        cluster-status bench
+        cluster-status bench lint
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -19,7 +19,8 @@ help: ## Show this help
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	# compat mode: a plain .pth entry instead of an import hook, ~20 ms less start-up
+	$(PY) -m pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
 	touch $@
 
 venv: $(VENV)/.installed ## Create .venv with slurmkit and its dev dependencies
@@ -50,6 +51,9 @@ cluster-down: $(VENV)/.installed ## Stop and remove the containers (keeps volume
 
 cluster-clean: $(VENV)/.installed ## Remove the containers and every volume (state, accounting)
 	$(PY) -m slurmkit.testing.cluster down --volumes
+
+lint: $(VENV)/.installed ## Static checks (ruff: pyflakes, bugbear, imports)
+	$(VENV)/bin/ruff check --select F,E9,B,I --line-length 100 slurmkit tests bench
 
 bench: $(VENV)/.installed ## Run every benchmark in bench/ (one JSON line each)
 	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done

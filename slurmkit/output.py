@@ -31,9 +31,9 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     cells = [[_cell(value) for value in row] for row in rows]
     widths = [len(header) for header in headers]
     for row in cells:
-        widths = [max(width, len(cell)) for width, cell in zip(widths, row)]
-    lines = ["  ".join(header.ljust(width) for header, width in zip(headers, widths)).rstrip()]
-    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+        widths = [max(width, len(cell)) for width, cell in zip(widths, row, strict=True)]
+    lines = ["  ".join(header.ljust(width) for header, width in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
               for row in cells]
     return "\n".join(lines)
 

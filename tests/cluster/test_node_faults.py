@@ -40,7 +40,8 @@ def test_killed_node_fails_its_jobs_per_their_flags_and_comes_back(cluster, slur
     [fragile_run] = jobs.wait_runs(fragile, lambda runs: runs[-1].state == "NODE_FAIL",
                                    "NODE_FAIL")
     assert fragile_run.nodes == (victim,)
-    assert jobs.job(fragile) is None or jobs.job(fragile).state == "NODE_FAIL"
+    fragile_now = jobs.job(fragile)
+    assert fragile_now is None or fragile_now.state == "NODE_FAIL"
 
     # Restarted, the node returns to service by itself (ReturnToService=2).
     cluster.restore(victim)

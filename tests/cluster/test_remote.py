@@ -47,8 +47,9 @@ def test_queries_inside_login_and_over_ssh_give_equal_records(cluster, jobs, ssh
 
     for command, query in (("nodes", remote.nodes), ("partitions", remote.partitions)):
         records = _same_when_stable(
-            lambda: json.loads(_inside_login(cluster, "show", command, "--json").stdout),
-            lambda: to_jsonable(query()), command)
+            lambda command=command: json.loads(
+                _inside_login(cluster, "show", command, "--json").stdout),
+            lambda query=query: to_jsonable(query()), command)
         assert records, command
 
     runs = _same_when_stable(

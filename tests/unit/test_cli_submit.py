@@ -102,3 +102,17 @@ def test_topology_place(slurm):
     result = CliRunner().invoke(cli, ["topology", "place", "-N", "4", "--json"])
     payload = json.loads(result.output)
     assert payload["nodelist"] is None and payload["switches"] == "2@00:30:00"
+
+
+def test_completion_completes_commands():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "_SLURMKIT_COMPLETE": "bash_complete", "COMP_WORDS": "slurmkit top",
+           "COMP_CWORD": "1"}
+    result = subprocess.run([sys.executable, "-m", "slurmkit"], env=env, capture_output=True,
+                            text=True)
+    assert "topology" in result.stdout
+    script = CliRunner().invoke(cli, ["completion", "bash"]).output
+    assert "_SLURMKIT_COMPLETE" in script
