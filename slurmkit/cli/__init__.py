@@ -24,6 +24,7 @@ _COMMANDS = {
     "submit": ("slurmkit.cli.submit", "submit", "Validate, place and submit a job spec."),
     "render": ("slurmkit.cli.submit", "render", "Print the sbatch script of a job spec."),
     "topology": ("slurmkit.cli.topology", "topology", "Show the switch tree; try a placement."),
+    "policy": ("slurmkit.cli.policy", "policy", "Install, check and simulate the job-submit policy."),
     "completion": ("slurmkit.cli.completion", "completion", "Print a shell completion script."),
 }
 

@@ -150,8 +150,9 @@ def node_image_tag(base_tag: str) -> str:
             continue
         for path in sorted(root.rglob("*")):
             relative = path.relative_to(REPO_ROOT)
-            if path.is_dir() or any(part in _NODE_IMAGE_IGNORED for part in relative.parts):
-                continue
+            if path.is_dir() or any(part in _NODE_IMAGE_IGNORED for part in relative.parts) \
+                    or path.suffix in (".so", ".o", ".pyc"):
+                continue  # build outputs are not inputs
             digest.update(str(relative).encode() + b"\0")
             digest.update(path.read_bytes())
             digest.update(str(path.stat().st_mode & 0o111).encode())
@@ -460,6 +461,16 @@ class Cluster:
             lines.append(f"[{self.ssh_host}]:{self.ssh_port} {key_type} {key_data}\n")
         self.known_hosts_path.write_text("".join(lines))
 
+    def cancel_test_jobs(self, *, timeout_s: float = 120) -> None:
+        """Cancel every job of the test users (scancel takes one --user at a time) and
+        wait until the queue has none of them."""
+        for user in TEST_USERS:
+            self.exec("ctl", ["scancel", f"--user={user}"], check=False)
+        wait_until("the test users' jobs to leave the queue",
+                   lambda: not self.exec("ctl", ["squeue", "--noheader", "--format=%i",
+                                                 f"--user={','.join(TEST_USERS)}"]).stdout.strip(),
+                   timeout_s=timeout_s)
+
     # ---- faults
 
     def crash(self, node: str) -> None:
@@ -551,7 +562,8 @@ class ContainerRunner:
         from slurmkit.slurm.runner import PINNED_ENV, CommandResult
 
         env_args = [f"--env={name}={value}" for name, value in {**PINNED_ENV, **self.env}.items()]
-        docker_argv = ["docker", "exec", "-i", "-u", self.user, "-w", f"/home/{self.user}",
+        workdir = f"/home/{self.user}" if self.user in TEST_USERS else "/"
+        docker_argv = ["docker", "exec", "-i", "-u", self.user, "-w", workdir,
                        *env_args, self.cluster.container(self.node), *[str(a) for a in argv]]
         try:
             result = subprocess.run(docker_argv, capture_output=True, timeout=timeout_s,

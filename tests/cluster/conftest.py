@@ -16,7 +16,7 @@ import pytest
 from slurmkit.errors import SlurmCommandError
 from slurmkit.slurm.client import SlurmClient
 from slurmkit.slurm.models import AccountingRecord, Job
-from slurmkit.testing.cluster import COMPUTE_NODES, TEST_USERS, Cluster, ContainerRunner, wait_until
+from slurmkit.testing.cluster import COMPUTE_NODES, Cluster, ContainerRunner, wait_until
 
 
 def pytest_collection_modifyitems(items):
@@ -29,11 +29,7 @@ def pytest_collection_modifyitems(items):
 def cluster() -> Cluster:
     cluster = Cluster()
     cluster.up()
-    cluster.exec("ctl", ["scancel", f"--user={','.join(TEST_USERS)}"], check=False)
-    wait_until("the test users' old jobs to leave the queue",
-               lambda: not cluster.exec("ctl", ["squeue", "--noheader", "--format=%i",
-                                                f"--user={','.join(TEST_USERS)}"]).stdout.strip(),
-               timeout_s=120)
+    cluster.cancel_test_jobs()
     return cluster
 
 

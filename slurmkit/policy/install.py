@@ -1,0 +1,128 @@
+"""Installing a policy on the controller (run there, as root or SlurmUser).
+
+Order matters: QOS must exist in slurmdbd before slurmctld reads partitions that name
+them (a missing partition QOS is fatal at start, SLURM-NOTES.md), and the plugin
+must exist before slurm.conf asks for it. Files are written atomically (temp file +
+rename) so slurmctld never reads half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from slurmkit.errors import SlurmCommandError, UserInputError
+from slurmkit.policy.config import PolicyConfig
+from slurmkit.policy.slurmconf import JOB_SUBMIT_ENTRY, SHIM_CONF, render_fragment, sacctmgr_plan
+from slurmkit.slurm.client import SlurmClient
+
+PLUGIN_FILE = "job_submit_python.so"
+DEFAULT_FRAGMENT = ("# Default partitions (no slurmkit policy installed).\n"
+                    "PartitionName=main Nodes=ALL Default=YES MaxTime=INFINITE State=UP\n")
+
+
+def write_atomically(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temp, mode)
+        os.replace(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise
+
+
+def slurm_config(client: SlurmClient) -> dict[str, str]:
+    """``scontrol show config`` as a dict (``Key = Value`` lines)."""
+    values = {}
+    for line in client.run(["scontrol", "show", "config"]).stdout.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key.strip()] = value.strip()
+    return values
+
+
+def install_policy(client: SlurmClient, config: PolicyConfig, policy_path: Path,
+                   conf_dir: Path, *, cluster: str | None = None, fail_mode: str = "closed",
+                   job_submit: bool = True, reconfigure: bool = True,
+                   dry_run: bool = False) -> list[str]:
+    report: list[str] = []
+    live = slurm_config(client)
+    cluster = cluster or live.get("ClusterName")
+    if not cluster:
+        raise UserInputError("cannot tell the cluster name: pass --cluster NAME")
+    if job_submit:
+        plugin_dirs = [Path(p) for p in live.get("PluginDir", "").split(":") if p]
+        if not any((directory / PLUGIN_FILE).exists() for directory in plugin_dirs):
+            raise UserInputError(
+                f"{PLUGIN_FILE} is not in PluginDir ({live.get('PluginDir')}): build and "
+                "install it first (`make -C job_submit install` on the controller), or pass "
+                "--no-job-submit; enabling a missing plugin would stop slurmctld")
+    fragment = render_fragment(config, job_submit_plugins="python" if job_submit else "")
+    installed_policy = conf_dir / "slurmkit-policy.toml"
+    files = {
+        installed_policy: Path(policy_path).read_text(),
+        conf_dir / "job_submit.py": JOB_SUBMIT_ENTRY.format(config=str(installed_policy)),
+        conf_dir / "job_submit_python.conf": SHIM_CONF.format(
+            policy=conf_dir / "job_submit.py", fail_mode=fail_mode,
+            python_path=Path(__file__).resolve().parents[2]),
+    }
+    steps = sacctmgr_plan(config, cluster)
+    if dry_run:
+        for _what, _, argv in steps:
+            report.append(f"would run (if needed): {' '.join(argv)}")
+        for path, text in files.items():
+            report.append(f"would write {path} ({len(text)} bytes)")
+        report.append(f"would write {conf_dir / 'policy.conf'}:\n{fragment}")
+        return report
+    for what, exists_argv, argv in steps:
+        if exists_argv and client.run(exists_argv).stdout.strip():
+            report.append(f"sacctmgr: {what} (exists)")
+            continue
+        client.run(argv)
+        report.append(f"sacctmgr: {what}")
+    for path, text in files.items():
+        write_atomically(path, text)
+        report.append(f"wrote {path}")
+    write_atomically(conf_dir / "policy.conf", fragment)
+    report.append(f"wrote {conf_dir / 'policy.conf'}")
+    if reconfigure:
+        report += _reconfigure(client, expect_partitions=config.partitions)
+    return report
+
+
+def uninstall_policy(client: SlurmClient, conf_dir: Path, *, reconfigure: bool = True) -> list[str]:
+    write_atomically(conf_dir / "policy.conf", DEFAULT_FRAGMENT)
+    report = [f"wrote {conf_dir / 'policy.conf'} (default partition only, no job_submit plugin)"]
+    if reconfigure:
+        report += _reconfigure(client, expect_partitions=["main"])
+    return report
+
+
+def _reconfigure(client: SlurmClient, expect_partitions: list[str]) -> list[str]:
+    """``scontrol reconfigure``, then wait until slurmctld answers with the new
+    partitions (reconfigure re-executes slurmctld since 23.11)."""
+    import time
+
+    client.run(["scontrol", "reconfigure"], timeout_s=120)
+    deadline = time.monotonic() + 120
+    last_error = ""
+    while time.monotonic() < deadline:
+        try:
+            names = {partition.name for partition in client.partitions()}
+            if set(expect_partitions) <= names:
+                return [f"slurmctld reconfigured; partitions: {', '.join(sorted(names))}"]
+            last_error = f"partitions are {', '.join(sorted(names))}"
+        except SlurmCommandError as error:
+            last_error = str(error)
+        time.sleep(0.5)
+    raise SlurmCommandError(["scontrol", "reconfigure"], 1,
+                            f"slurmctld did not come back with the policy's partitions: "
+                            f"{last_error}")
+
