@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from slurmkit.policy.config import WARNING_SIGNALS, PolicyConfig, Queue, WorkloadClass
@@ -36,7 +36,10 @@ class Decision:
     may_borrow: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # By hand, not dataclasses.asdict (which deep-copies): this runs in slurmctld.
+        return {"action": self.action, "message": self.message, "changes": dict(self.changes),
+                "queue": self.queue, "job_class": self.job_class, "gpus": self.gpus,
+                "may_borrow": self.may_borrow}
 
 
 def accept(message: str = "", **details) -> Decision:

@@ -71,7 +71,9 @@ def install_policy(client: SlurmClient, config: PolicyConfig, policy_path: Path,
         conf_dir / "job_submit.py": JOB_SUBMIT_ENTRY.format(config=str(installed_policy)),
         conf_dir / "job_submit_python.conf": SHIM_CONF.format(
             policy=conf_dir / "job_submit.py", fail_mode=fail_mode,
-            python_path=Path(__file__).resolve().parents[2]),
+            python_path=Path(__file__).resolve().parents[2],
+            stats_file=Path(live.get("StateSaveLocation", "/var/spool/slurmctld"))
+            / "job_submit_python.stats"),
     }
     steps = sacctmgr_plan(config, cluster)
     if dry_run:

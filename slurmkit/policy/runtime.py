@@ -4,6 +4,10 @@
 changes; a configuration that fails to load leaves the previous one serving (logged
 to slurmctld's log through the shim's ``_slurm`` module). Calls must be fast: they
 run under slurmctld's job lock (SLURM-NOTES.md: a slow policy stalls every writer).
+
+A call does not stat the configuration: the shim watches the directory (inotify) and
+calls ``files_changed`` when something in it changed; a configuration kept elsewhere
+is still checked every ``FALLBACK_CHECK_S``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from slurmkit.policy import config as config_module
 from slurmkit.policy.decide import decide, decide_modify
 
 _USER_CACHE_TTL_S = 600.0
+FALLBACK_CHECK_S = 5.0
 
 
 def _log(level: str, text: str) -> None:
@@ -35,6 +40,7 @@ class PolicyRuntime:
         self._mtime_ns: int | None = None
         self._failed_mtime_ns: int | None = None
         self._users: dict[int, tuple[str, float]] = {}
+        self._checked_at = time.monotonic()
         self._refresh()
         if self.config is None:  # first load failed: make the module load fail
             raise RuntimeError(f"policy configuration {self.path} could not be loaded")
@@ -76,14 +82,25 @@ class PolicyRuntime:
         self._users[uid] = (name, now)
         return name
 
-    def job_submit(self, job_desc: dict, submit_uid: int) -> dict:
+    def files_changed(self) -> None:
+        """Called by the shim when the watched directory changed."""
+        self._checked_at = time.monotonic()
         self._refresh()
+
+    def _maybe_refresh(self) -> None:
+        now = time.monotonic()
+        if now - self._checked_at >= FALLBACK_CHECK_S:
+            self._checked_at = now
+            self._refresh()
+
+    def job_submit(self, job_desc: dict, submit_uid: int) -> dict:
+        self._maybe_refresh()
         job = dict(job_desc)
         job["user"] = self.user_name(job.get("user_id"))
         return decide(self.config, job, submit_uid).to_dict()
 
     def job_modify(self, job_desc: dict, submit_uid: int) -> dict:
-        self._refresh()
+        self._maybe_refresh()
         update = dict(job_desc)
         update["user"] = self.user_name(submit_uid)
         return decide_modify(self.config, update, submit_uid).to_dict()

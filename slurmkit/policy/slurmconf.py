@@ -21,6 +21,7 @@ from slurmkit.policy.runtime import PolicyRuntime
 _runtime = PolicyRuntime({config!r})
 job_submit = _runtime.job_submit
 job_modify = _runtime.job_modify
+files_changed = _runtime.files_changed
 '''
 
 SHIM_CONF = """\
@@ -31,7 +32,8 @@ PythonPath={python_path}
 # closed: while the policy cannot run, submissions are refused with the reason;
 # open: they pass unchanged. Operators (uid 0) always pass.
 FailMode={fail_mode}
-StatsFile=/run/slurmkit-job-submit-python.stats
+# Call count and time, rewritten every 64 calls (must be writable by SlurmUser).
+StatsFile={stats_file}
 """
 
 
