@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from slurmkit.policy import config as config_module  # noqa: E402
 from slurmkit.policy.lua import render_lua  # noqa: E402
-from slurmkit.testing.cluster import Cluster, wait_until  # noqa: E402
+from slurmkit.testing.cluster import Cluster  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICY = ROOT / "examples" / "policy" / "policy.toml"
@@ -53,10 +53,7 @@ def configure(cluster: Cluster, plugin: str) -> None:
         lua = render_lua(config_module.load(POLICY))
         cluster.exec("ctl", ["tee", "/etc/slurm/job_submit.lua"], input_text=lua)
         cluster.exec("ctl", ["bash", "-c", "echo JobSubmitPlugins=lua >> /etc/slurm/policy.conf"])
-    cluster.exec("ctl", ["scontrol", "reconfigure"])
-    wait_until("slurmctld after reconfigure",
-               lambda: cluster.exec("ctl", ["scontrol", "ping"], check=False).returncode == 0,
-               timeout_s=120)
+    cluster.reconfigure()
 
 
 def submit_rpc_mean_us(cluster: Cluster) -> float:

@@ -471,6 +471,24 @@ class Cluster:
                                                  f"--user={','.join(TEST_USERS)}"]).stdout.strip(),
                    timeout_s=timeout_s)
 
+    def reset_policy(self) -> None:
+        """Back to the plain configuration (one partition, no job_submit plugin) if a
+        test or a demo left a policy installed."""
+        current = self.exec("ctl", ["cat", "/etc/slurm/policy.conf"], check=False).stdout
+        default = (DOCKER_SLURM / "etc" / "policy.conf").read_text()
+        if current != default:
+            self.exec("ctl", ["tee", "/etc/slurm/policy.conf"], input_text=default)
+            self.reconfigure()
+
+    def reconfigure(self, *, timeout_s: float = 180) -> None:
+        """``scontrol reconfigure`` and wait until slurmctld answers again. The RPC's
+        own reply may time out while slurmctld re-executes itself (24.11): only the
+        answer afterwards counts."""
+        self.exec("ctl", ["scontrol", "reconfigure"], check=False, timeout_s=timeout_s)
+        wait_until("slurmctld to answer after reconfigure",
+                   lambda: self.exec("ctl", ["scontrol", "ping"], check=False).returncode == 0,
+                   timeout_s=timeout_s)
+
     # ---- faults
 
     def crash(self, node: str) -> None:

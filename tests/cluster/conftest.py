@@ -30,6 +30,7 @@ def cluster() -> Cluster:
     cluster = Cluster()
     cluster.up()
     cluster.cancel_test_jobs()
+    cluster.reset_policy()
     return cluster
 
 

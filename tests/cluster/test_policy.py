@@ -67,11 +67,14 @@ srun bash -c 'trap "echo warned \\$(hostname); exit 0" USR2; while true; do slee
 def policy_installed(cluster):
     cluster.exec("ctl", ["tee", POLICY_PATH], input_text=POLICY)
     cluster.exec("ctl", ["install", "-d", "-m", "1777", "/shared/policy"])
-    result = cluster.exec("ctl", ["slurmkit", "policy", "install", POLICY_PATH], check=False)
-    assert result.returncode == 0, result.stderr
-    yield config_module.from_dict(tomllib.loads(POLICY), source="inline")
-    cluster.cancel_test_jobs()
-    cluster.exec("ctl", ["slurmkit", "policy", "uninstall"])
+    try:
+        result = cluster.exec("ctl", ["slurmkit", "policy", "install", POLICY_PATH],
+                              check=False)
+        assert result.returncode == 0, result.stderr
+        yield config_module.from_dict(tomllib.loads(POLICY), source="inline")
+    finally:
+        cluster.cancel_test_jobs()
+        cluster.reset_policy()
 
 
 def as_user(cluster, user: str) -> SlurmClient:
@@ -234,9 +237,7 @@ def test_a_failing_policy_never_takes_slurmctld_down(cluster, policy_installed, 
         # 3. Broken at start-up (slurmctld restarts on reconfigure): it still starts,
         #    users are refused with the cause, operators pass.
         _write_module(cluster, "import no_such_module_anywhere\n")
-        cluster.exec("ctl", ["scontrol", "reconfigure"])
-        wait_until("slurmctld to answer after restarting", lambda: ping_up(cluster),
-                   timeout_s=120)
+        cluster.reconfigure()
         job_id, stderr = wait_until(
             "the restarted controller to refuse with the cause",
             lambda: (r := sbatch(cluster, "alice", ["--hold"]))[1] and r, timeout_s=60)
@@ -249,8 +250,7 @@ def test_a_failing_policy_never_takes_slurmctld_down(cluster, policy_installed, 
         # 4. The same with FailMode=open: accepted unchanged.
         cluster.exec("ctl", ["bash", "-c", "sed -i 's/^FailMode=.*/FailMode=open/' "
                              "/etc/slurm/job_submit_python.conf"])
-        cluster.exec("ctl", ["scontrol", "reconfigure"])
-        wait_until("slurmctld to answer", lambda: ping_up(cluster), timeout_s=120)
+        cluster.reconfigure()
         job_id, stderr = wait_until("an open-mode submission",
                                     lambda: (r := sbatch(cluster, "alice", ["--hold"]))[0] and r,
                                     timeout_s=60)
@@ -259,8 +259,7 @@ def test_a_failing_policy_never_takes_slurmctld_down(cluster, policy_installed, 
     finally:
         cluster.exec("ctl", ["tee", "/etc/slurm/job_submit_python.conf"], input_text=conf)
         _write_module(cluster, good)
-        cluster.exec("ctl", ["scontrol", "reconfigure"])
-        wait_until("slurmctld to answer", lambda: ping_up(cluster), timeout_s=120)
+        cluster.reconfigure()
     assert sbatch(cluster, "alice", ["--hold"])[0]
 
 
