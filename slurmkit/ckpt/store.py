@@ -111,7 +111,8 @@ def _write_value(path: Path, value: Value) -> dict[str, Any]:
         data = memoryview(value).cast("B")
         entry: dict[str, Any] = {"kind": "bytes"}
     elif isinstance(value, np.ndarray):
-        array = np.ascontiguousarray(value)
+        # Not np.ascontiguousarray: it turns a 0-d array into a 1-d one.
+        array = value if value.flags.c_contiguous else value.copy(order="C")
         if array.dtype.hasobject:
             raise CheckpointError(f"{path.name}: object arrays cannot be checkpointed")
         data = memoryview(array.reshape(-1).view(np.uint8)) if array.size else memoryview(b"")
@@ -254,12 +255,16 @@ def retain(directory: Path, keep: int) -> list[Path]:
 
 def append_event(directory: Path, event: Mapping[str, Any]) -> None:
     """One JSON line, appended with O_APPEND in a single write (atomic for lines
-    below PIPE_BUF on local file systems)."""
+    below PIPE_BUF on local file systems). A line torn by a crash is ended first, so
+    it cannot swallow the next event."""
     record = {"time_epoch_s": round(time.time(), 3), **dict(event)}
     line = (json.dumps(record, sort_keys=True) + "\n").encode()
     Path(directory).mkdir(parents=True, exist_ok=True)
-    fd = os.open(Path(directory) / EVENTS, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(Path(directory) / EVENTS, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
     try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line
         os.write(fd, line)
     finally:
         os.close(fd)

@@ -1,0 +1,1 @@
+"""Examples that run on the docker-slurm cluster (the trainer, job specs, a policy)."""

@@ -1,0 +1,179 @@
+"""Checkpointer: triggered checkpoints on signals and on request, update windows,
+claims between survivors, fencing, periodic async snapshots."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slurmkit.ckpt import EXIT_REQUEUE, Checkpointer, signal_number, store
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# A trainer-like loop: the state at step s is [s, s, ...]; it announces each completed
+# step on stdout and sleeps inside the update window when SLOW_UPDATE is set.
+TRAINER = textwrap.dedent("""
+    import os, sys, time
+    import numpy as np
+    from slurmkit.ckpt import Checkpointer
+    ckpt = Checkpointer(sys.argv[1], rank=int(sys.argv[2]), run=int(sys.argv[3]),
+                        periodic_steps=None, claim_stale_s=5)
+    weights = np.zeros(1000)
+    ckpt.register(lambda: {"weights": weights})
+    step = 0
+    while True:
+        with ckpt.update(step + 1):
+            if os.environ.get("SLOW_UPDATE"):
+                print("in-update", step + 1, flush=True)
+                time.sleep(1.0)
+            weights[:] = step + 1
+        step += 1
+        print("completed", step, flush=True)
+        time.sleep(0.02)
+""")
+
+
+def start_trainer(directory, rank=0, run=0, env=None):
+    return subprocess.Popen([sys.executable, "-c", TRAINER, str(directory), str(rank), str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+
+
+def read_until(process, prefix, count=1):
+    """Lines from the trainer until ``count`` lines start with ``prefix``; the last."""
+    seen = 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            raise AssertionError(f"trainer ended: {process.stderr.read()}")
+        if line.startswith(prefix):
+            seen += 1
+            if seen >= count:
+                return line.split()
+    raise AssertionError(f"no {prefix!r} line in time")
+
+
+@pytest.mark.parametrize("signal_name", ["USR2", "TERM"])
+def test_signal_writes_the_last_completed_step_and_exits_for_requeue(tmp_path, signal_name):
+    trainer = start_trainer(tmp_path)
+    read_until(trainer, "completed", 5)
+    trainer.send_signal(getattr(signal, f"SIG{signal_name}"))
+    output, errors = trainer.communicate(timeout=30)
+    assert trainer.returncode == EXIT_REQUEUE, errors
+    completed = [int(line.split()[1]) for line in output.splitlines() if line.startswith("completed")]
+    restored = store.restore(tmp_path)
+    # The checkpoint holds a completed step, at or after the last one announced.
+    assert restored.step >= (completed[-1] if completed else 5)
+    assert np.all(restored.values["weights"] == restored.step)
+    assert restored.manifest["kind"] == "triggered"
+    events = [e["event"] for e in store.read_events(tmp_path)]
+    assert events[:3] == ["signal", "trigger", "checkpoint"]
+
+
+def test_a_trigger_during_an_update_waits_for_the_update_to_finish(tmp_path):
+    trainer = start_trainer(tmp_path, env={"SLOW_UPDATE": "1"})
+    _, step = read_until(trainer, "in-update", 3)
+    trainer.send_signal(signal.SIGUSR2)  # mid-update: state is half way to step
+    trainer.communicate(timeout=30)
+    restored = store.restore(tmp_path)
+    assert restored.step == int(step) and np.all(restored.values["weights"] == int(step))
+
+
+def test_a_second_signal_is_harmless(tmp_path):
+    trainer = start_trainer(tmp_path, env={"SLOW_UPDATE": "1"})
+    read_until(trainer, "in-update", 2)
+    trainer.send_signal(signal.SIGTERM)
+    trainer.send_signal(signal.SIGUSR2)
+    trainer.communicate(timeout=30)
+    assert trainer.returncode == EXIT_REQUEUE
+    assert [e["event"] for e in store.read_events(tmp_path)].count("checkpoint") == 1
+
+
+def test_two_survivors_write_one_checkpoint(tmp_path):
+    first, second = start_trainer(tmp_path, rank=1), start_trainer(tmp_path, rank=2)
+    read_until(first, "completed", 3)
+    read_until(second, "completed", 3)
+    first.send_signal(signal.SIGTERM)
+    second.send_signal(signal.SIGTERM)
+    for process in (first, second):
+        process.communicate(timeout=60)
+        assert process.returncode == EXIT_REQUEUE
+    committed = store.committed_steps(tmp_path)
+    assert committed  # each survivor committed its own last step, or found it committed
+    assert not list(tmp_path.glob(".claim-*")) and not list(tmp_path.glob(".tmp-*"))
+    restored = store.restore(tmp_path)
+    assert np.all(restored.values["weights"] == restored.step)
+
+
+def test_an_orphan_of_an_older_run_is_fenced_off(tmp_path):
+    newer = Checkpointer(tmp_path, run=2, signals=())
+    newer.register(lambda: {"w": np.ones(3)})
+    newer.completed(10)
+    newer.checkpoint("periodic")
+    orphan = Checkpointer(tmp_path, run=1, signals=())
+    orphan.register(lambda: {"w": np.zeros(3)})
+    orphan.completed(12)
+    assert orphan.checkpoint("triggered") is None
+    assert store.restore(tmp_path).step == 10
+    assert "fenced" in [e["event"] for e in store.read_events(tmp_path)]
+
+
+def test_periodic_checkpoints_are_snapshots_written_in_the_background(tmp_path):
+    weights = np.zeros(200_000)
+    ckpt = Checkpointer(tmp_path, periodic_steps=2, signals=(), keep=2)
+    ckpt.register(lambda: {"weights": weights}, lambda: {"note": "x"})
+    for step in range(1, 9):
+        with ckpt.update(step):
+            weights[:] = step
+        ckpt.maybe_checkpoint()
+        ckpt.wait()  # deterministic for the test: each periodic write completes
+    ckpt.close()
+    events = [e for e in store.read_events(tmp_path) if e["event"] == "checkpoint"]
+    assert [e["step"] for e in events] == [2, 4, 6, 8]
+    assert all(e["kind"] == "periodic" and e["stall_s"] <= e["write_s"] for e in events)
+    restored = store.restore(tmp_path)
+    assert restored.step == 8 and np.all(restored.values["weights"] == 8)
+    assert restored.metadata == {"note": "x"}
+    assert len(store.committed_steps(tmp_path)) == 2
+
+
+def test_the_snapshot_is_taken_at_the_step_even_if_training_moves_on(tmp_path):
+    weights = np.zeros(1_000_000)
+    ckpt = Checkpointer(tmp_path, periodic_steps=1, signals=())
+    ckpt.register(lambda: {"weights": weights})
+    with ckpt.update(1):
+        weights[:] = 1
+    ckpt.maybe_checkpoint()
+    with ckpt.update(2):  # overwrites the live array while the writer may be writing
+        weights[:] = 2
+    ckpt.close()
+    assert np.all(store.restore(tmp_path, step=1).values["weights"] == 1)
+
+
+@pytest.mark.parametrize("name, number", [("USR2", 12), ("SIGTERM", 15), ("12", 12), (2, 2)])
+def test_signal_names(name, number):
+    assert signal_number(name) == number
+
+
+@pytest.mark.parametrize("name", ["USR1", "SIGKILL", "STOP", "NOPE"])
+def test_bad_signals_are_refused(name):
+    with pytest.raises(ValueError):
+        signal_number(name)
+
+
+def test_events_record_runs(tmp_path):
+    ckpt = Checkpointer(tmp_path, run=3, job_id="42", signals=())
+    ckpt.register(lambda: {"w": np.ones(2)})
+    ckpt.completed(1)
+    ckpt.checkpoint()
+    event = [e for e in store.read_events(tmp_path) if e["event"] == "checkpoint"][0]
+    assert (event["run"], event["job_id"], event["kind"]) == (3, "42", "final")
+    assert json.loads((tmp_path / "step-00000001" / "manifest.json").read_text())["run"] == 3
