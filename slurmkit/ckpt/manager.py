@@ -226,6 +226,7 @@ class Checkpointer:
             self._triggered = True
         self._event("trigger", reason=reason, step=self._completed_step)
         self._log(f"triggered ({reason}); last completed step {self._completed_step}")
+        self._request_requeue()
         try:
             self._write_triggered()
         except Exception as error:  # the exit must happen whatever the write did
@@ -261,6 +262,18 @@ class Checkpointer:
         runs = self.directory / "runs"
         runs.mkdir(exist_ok=True)
         (runs / f"run-{self.run:06d}").touch()
+
+    def requeue_marker(self) -> Path:
+        """Exists once any rank of this run was triggered: the job script requeues the
+        job when srun fails and this file exists (a rank killed by a signal makes srun
+        report the signal, not the survivors' exit code 85)."""
+        return self.directory / "runs" / f"requeue-{self.run:06d}"
+
+    def _request_requeue(self) -> None:
+        try:
+            self.requeue_marker().touch()
+        except OSError as error:
+            self._log(f"cannot write {self.requeue_marker()}: {error}")
 
     def _fenced(self) -> bool:
         """True when a newer run of this job has started: we are an orphan."""

@@ -1,35 +1,29 @@
-"""``make demo``: the docker-slurm cluster end to end, narrated.
+"""``make demo``: the whole story on the docker-slurm cluster, narrated.
 
-From the host, as a user on a laptop would, through SSH to the login node:
-submit a 4-node requeueable job, watch it run on four containers, crash one of them,
-watch Slurm declare the node down, requeue the job and restart it on the three nodes
-left, then show every run in accounting and bring the node back.
+From the host, as from a laptop, through SSH to the login node: submit a data-parallel
+training job with ``slurmkit submit`` (placed on the switch tree), watch it train on
+4 nodes, crash one of them, watch the survivors write a triggered checkpoint of the
+last completed step, Slurm requeue the job, the job restart on the 3 nodes left with a
+re-planned layout, resume from that step and finish — with final weights bit-for-bit
+equal to a run that never failed.
 """
 
 from __future__ import annotations
 
+import json
+import random
+import subprocess
 import sys
 import time
 
 from slurmkit import output
 from slurmkit.errors import SlurmkitError
 from slurmkit.slurm import hostlist
-from slurmkit.slurm.client import SlurmClient
-from slurmkit.slurm.runner import SSHRunner, SSHTarget
-from slurmkit.testing.cluster import Cluster, wait_until
+from slurmkit.testing.cluster import REPO_ROOT, Cluster, wait_until
+from slurmkit.testing.training import Training, reference_sha
 
-STEPS = 90
-
-JOB_SCRIPT = f"""#!/bin/bash
-#SBATCH --job-name=demo-elastic
-#SBATCH --nodes=3-4
-#SBATCH --ntasks-per-node=1
-#SBATCH --requeue
-#SBATCH --output=/shared/demo/%x-%j.out
-#SBATCH --open-mode=append
-echo "run ${{SLURM_RESTART_COUNT:-0}} on $SLURM_JOB_NUM_NODES nodes: $SLURM_JOB_NODELIST"
-srun bash -c 'for step in $(seq 1 {STEPS}); do echo "$(hostname) step $step"; sleep 1; done'
-"""
+STEPS = 200
+NAME = "demo-train"
 
 
 def say(text: str) -> None:
@@ -40,81 +34,90 @@ def main() -> int:
     cluster = Cluster()
     try:
         cluster.up()
-        cluster.exec("login", ["install", "-d", "-m", "1777", "/shared/demo"])
-        with SSHRunner(SSHTarget.parse(cluster.ssh_target("alice")),
-                       key_path=cluster.ssh_key_path("alice"),
-                       known_hosts_path=cluster.known_hosts_path) as runner:
-            return run_demo(cluster, SlurmClient(runner))
+        cluster.reset_policy()
+        cluster.exec("ctl", ["install", "-d", "-m", "1777", "/shared/ckpt", "/shared/logs"])
+        return run_demo(cluster)
     except SlurmkitError as error:
         print(f"demo failed: {error}", file=sys.stderr)
         return 1
 
 
-def run_demo(cluster: Cluster, slurm: SlurmClient) -> int:
-    say(f"cluster: {len(slurm.nodes())} compute nodes, ssh {cluster.ssh_target('alice')}")
-    print(output.table(["NODE", "STATE", "GPUS"],
-                       [(n.name, n.state, n.gpus) for n in slurm.nodes()]))
+def submit_over_ssh(cluster: Cluster) -> Training:
+    for directory in (f"/shared/ckpt/{NAME}", f"/shared/logs/{NAME}"):
+        cluster.exec("login", ["rm", "-rf", directory])
+    argv = [sys.executable, "-m", "slurmkit", "--host", cluster.ssh_target("alice"),
+            "--ssh-key", str(cluster.ssh_key_path("alice")),
+            "--known-hosts", str(cluster.known_hosts_path),
+            "submit", "examples/specs/train.toml", "-J", NAME,
+            "--checkpoint-dir", f"/shared/ckpt/{NAME}", "--log-dir", f"/shared/logs/{NAME}",
+            "--health-since", "off", "--explain", "--json", "--",
+            "python3", "-m", "examples.trainer", "--steps", str(STEPS)]
+    print("$ slurmkit --host " + cluster.ssh_target("alice")
+          + f" submit examples/specs/train.toml -J {NAME} ... --explain")
+    result = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise SlurmkitError(f"slurmkit submit failed: {result.stderr.strip()}")
+    print(result.stderr.rstrip())
+    submitted = json.loads(result.stdout)
+    return Training(cluster, NAME, submitted["job_id"], STEPS, submitted)
 
-    say("submitting a 4-node requeueable job (--nodes=3-4) over SSH")
-    job_id = slurm.submit(JOB_SCRIPT).job_id
-    print(f"job {job_id}")
-    job = wait_until("the job to start", lambda: _running(slurm, job_id), timeout_s=120)
-    print(f"running on {hostlist.compress(job.nodes)}")
-    victim = job.nodes[-1]
 
-    wait_until("the job to make progress", lambda: "step 5" in _log(cluster, job_id),
-               timeout_s=60)
-    say(f"crashing {victim} (docker kill) while the job runs")
-    crashed_at = time.monotonic()
+def run_demo(cluster: Cluster) -> int:
+    say("the cluster: 4 nodes x 8 GPUs on two leaf switches")
+    nodes = Training(cluster, NAME, 0, 0, {}).client.nodes()
+    print(output.table(["NODE", "STATE", "GPUS"], [(n.name, n.state, n.gpus) for n in nodes]))
+
+    say("submitting a training job (nodes 3-4, 2 ranks per node) over SSH")
+    training = submit_over_ssh(cluster)
+    print(f"job {training.job_id}, pinned to {training.submit_output['placement']['nodelist']}")
+    print("meanwhile: the fault-free reference result, computed by one process")
+    reference = reference_sha(cluster, STEPS)
+
+    crash_step = random.randint(40, 100)
+    training.wait_step(crash_step)
+    running = training.job()
+    victim = random.choice(running.nodes)
+    say(f"step {training.last_step()}: crashing {victim} (docker kill)")
+    crashed_at = time.time()
     cluster.crash(victim)
-    wait_until(f"Slurm to notice {victim} is gone",
-               lambda: slurm.node_states().get(victim, frozenset()) & {"DOWN", "NOT_RESPONDING"},
-               timeout_s=120)
-    print(f"{victim} is {'+'.join(sorted(slurm.node_states()[victim]))} "
-          f"after {time.monotonic() - crashed_at:.0f} s")
-
-    say("Slurm requeues the job; it restarts on the nodes that are left")
-    job = wait_until("the job to run again", lambda: (j := _running(slurm, job_id))
-                     and j.restart_count >= 1 and j, timeout_s=240)
-    print(f"run {job.restart_count} started {time.monotonic() - crashed_at:.0f} s after the "
-          f"crash on {len(job.nodes)} nodes: {hostlist.compress(job.nodes)}")
-
-    say(f"waiting for the job to finish ({STEPS} steps)")
-    wait_until("the job to finish", lambda: not slurm.jobs(job_ids=[job_id]) or
-               slurm.jobs(job_ids=[job_id])[0].state not in ("PENDING", "RUNNING", "COMPLETING"),
-               timeout_s=STEPS + 120)
-    runs = wait_until("accounting of the last run",
-                      lambda: (r := sorted(slurm.accounting(job_ids=[job_id]),
-                                           key=lambda x: x.restarts))
-                      and r[-1].end_epoch_s and r, timeout_s=60)
+    try:
+        checkpoint = wait_until("the survivors' triggered checkpoint", lambda: [
+            e for e in training.events() if e["event"] == "checkpoint"
+            and e["kind"] == "triggered" and e.get("committed")], timeout_s=120)[0]
+        print(f"triggered checkpoint of step {checkpoint['step']} written by rank "
+              f"{checkpoint['rank']} on {checkpoint['host']}, "
+              f"{checkpoint['time_epoch_s'] - crashed_at:.1f} s after the crash "
+              f"(last step logged before the crash: {training.last_step(0)})")
+        say("Slurm declares the node down and requeues the job")
+        start = wait_until("the restarted run", lambda: [
+            e for e in training.events() if e["event"] == "run-start" and e["run"] >= 1],
+            timeout_s=300)[0]
+        layout = start["layout"]
+        print(f"run 1 started {start['time_epoch_s'] - crashed_at:.0f} s after the crash with "
+              f"{start['ranks']} ranks: re-planned dp={layout['dp']} "
+              f"grad_accum={layout['grad_accum']} (global batch {layout['global_batch']} kept)")
+        resumed = wait_until("the first resumed step", lambda: [
+            e for e in training.events() if e["event"] == "step" and e["run"] >= 1],
+            timeout_s=120)[0]
+        print(f"resumed at step {resumed['step']}, "
+              f"{resumed['time_epoch_s'] - crashed_at:.0f} s after the crash")
+        say(f"training on to step {STEPS}")
+        runs = training.wait_finished()
+    finally:
+        cluster.restore(victim)
 
     say("sacct -D: every run of the job")
     print(output.table(["RUN", "STATE", "NODES", "ELAPSED_S"],
                        [(r.restarts, r.state, hostlist.compress(r.nodes), r.elapsed_s)
                         for r in runs]))
-    log_lines = _log(cluster, job_id).splitlines()
-    print("\njob log (run headers):")
-    for line in log_lines:
-        if line.startswith("run "):
-            print("  " + line)
-
-    say(f"restarting {victim}")
-    cluster.restore(victim)
-    print(f"{victim} is {'+'.join(sorted(slurm.node_states()[victim]))}")
-    ok = runs[0].state == "NODE_FAIL" and runs[-1].state == "COMPLETED"
-    say("demo " + ("complete: the job survived the node crash" if ok else "FAILED"))
+    final = training.final_sha()
+    say("result")
+    print(f"final weights sha256 {final}")
+    print(f"fault-free reference  {reference}")
+    ok = final == reference and runs[-1].state == "COMPLETED"
+    say("demo " + ("complete: the job lost a node, lost no work, and finished with "
+                   "bit-for-bit the same weights" if ok else "FAILED"))
     return 0 if ok else 1
-
-
-def _running(slurm: SlurmClient, job_id: int):
-    jobs = slurm.jobs(job_ids=[job_id])
-    return jobs[0] if jobs and jobs[0].state == "RUNNING" else None
-
-
-def _log(cluster: Cluster, job_id: int) -> str:
-    result = cluster.exec("login", ["cat", f"/shared/demo/demo-elastic-{job_id}.out"],
-                          check=False)
-    return result.stdout
 
 
 if __name__ == "__main__":

@@ -1,0 +1,127 @@
+"""Running the example trainer on the docker-slurm cluster: submit it with
+``slurmkit submit``, follow its events, wait for it, compare its result. Shared by
+the cluster tests, the demo and the fault campaign."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from slurmkit.slurm.client import SlurmClient
+from slurmkit.slurm.models import AccountingRecord
+from slurmkit.testing.cluster import COMPUTE_NODES, Cluster, ContainerRunner, wait_until
+
+SPEC = "/opt/slurmkit/examples/specs/train.toml"
+FINISHED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
+            "BOOT_FAIL", "DEADLINE")
+
+
+def reference_sha(cluster: Cluster, steps: int, extra: tuple[str, ...] = ()) -> str:
+    """The fault-free result: one process, same image (same NumPy and BLAS)."""
+    directory = f"/tmp/reference-ckpt-{steps}"
+    cluster.exec("login", ["rm", "-rf", directory], user="alice")
+    result = cluster.exec("login", [
+        "env", f"SLURMKIT_CKPT_DIR={directory}", "python3", "-m", "examples.trainer",
+        "--steps", str(steps), "--step-seconds", "0", "--periodic-steps", "0", *extra],
+        user="alice", timeout_s=600)
+    return result.stdout.split("weights_sha256 ")[1].split()[0]
+
+
+@dataclass
+class Training:
+    """One training job: its id, checkpoint directory and logs."""
+
+    cluster: Cluster
+    name: str
+    job_id: int
+    steps: int
+    submit_output: dict
+
+    @property
+    def ckpt_dir(self) -> str:
+        return f"/shared/ckpt/{self.name}"
+
+    @property
+    def log_dir(self) -> str:
+        return f"/shared/logs/{self.name}"
+
+    @classmethod
+    def submit(cls, cluster: Cluster, name: str, steps: int, *, trainer_args: tuple[str, ...] = (),
+               submit_args: tuple[str, ...] = (), user: str = "alice") -> Training:
+        for directory in (f"/shared/ckpt/{name}", f"/shared/logs/{name}"):
+            cluster.exec("login", ["rm", "-rf", directory])
+        result = cluster.exec("login", [
+            "slurmkit", "submit", SPEC, "-J", name, "--checkpoint-dir", f"/shared/ckpt/{name}",
+            "--log-dir", f"/shared/logs/{name}", "--health-since", "off", "--json",
+            *submit_args, "--", "python3", "-m", "examples.trainer", "--steps", str(steps),
+            *trainer_args], user=user)
+        output = json.loads(result.stdout)
+        return cls(cluster, name, output["job_id"], steps, output)
+
+    @property
+    def client(self) -> SlurmClient:
+        return SlurmClient(ContainerRunner(self.cluster, "login", "alice"))
+
+    def events(self) -> list[dict]:
+        text = self.cluster.exec("login", ["cat", f"{self.ckpt_dir}/events.jsonl"],
+                                 check=False).stdout
+        events = []
+        for line in text.splitlines():
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue
+        return events
+
+    def log(self, run: int, rank: int = 0) -> str:
+        return self.cluster.exec("login", [
+            "cat", f"{self.log_dir}/{self.name}-{self.job_id}-run{run}-{rank}.log"],
+            check=False).stdout
+
+    def logs(self, run: int) -> str:
+        return self.cluster.exec("login", ["bash", "-c",
+                                           f"cat {self.log_dir}/*-{self.job_id}-run{run}-*.log"],
+                                 check=False).stdout
+
+    def last_step(self, run: int | None = None) -> int:
+        return max((e["step"] for e in self.events()
+                    if e["event"] == "step" and (run is None or e["run"] == run)), default=0)
+
+    def wait_step(self, step: int, timeout_s: float = 300) -> None:
+        wait_until(f"{self.name} to reach step {step}",
+                   lambda: self.last_step() >= step, timeout_s=timeout_s, interval_s=0.3)
+
+    def job(self):
+        jobs = self.client.jobs(job_ids=[self.job_id])
+        return jobs[0] if jobs else None
+
+    def runs(self) -> list[AccountingRecord]:
+        return sorted(self.client.accounting(job_ids=[self.job_id], since="now-2days"),
+                      key=lambda record: record.restarts)
+
+    def wait_finished(self, timeout_s: float = 600) -> list[AccountingRecord]:
+        def finished():
+            job = self.job()
+            if job is not None and job.state not in FINISHED:
+                return None
+            runs = self.runs()
+            return runs if runs and runs[-1].state in FINISHED and runs[-1].end_epoch_s else None
+        return wait_until(f"{self.name} (job {self.job_id}) to finish", finished,
+                          timeout_s=timeout_s, interval_s=1.0,
+                          on_timeout=lambda: str([(r.restarts, r.state) for r in self.runs()]))
+
+    def final_sha(self) -> str | None:
+        runs = self.runs()
+        for run in reversed(range(runs[-1].restarts + 1)):
+            for line in self.logs(run).splitlines():
+                if " done step " in line and "weights_sha256 " in line:
+                    return line.split("weights_sha256 ")[1].split()[0]
+        return None
+
+    def cancel(self) -> None:
+        self.cluster.exec("ctl", ["scancel", str(self.job_id)], check=False)
+
+
+def no_trainer_left(cluster: Cluster) -> bool:
+    return all(cluster.exec(node, ["pgrep", "-f", "examples.trainer"], check=False).returncode
+               for node in COMPUTE_NODES if cluster.health(node) == "healthy")
