@@ -10,8 +10,10 @@ PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
+
+.PHONY: host-deps
 .PHONY: help venv test test-unit test-cluster demo cluster-up cluster-down cluster-clean \
-        cluster-status bench lint
+        cluster-status bench lint campaign
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -25,11 +27,15 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed ## Create .venv with slurmkit and its dev dependencies
 
-test: $(VENV)/.installed ## Run every test (builds and starts the cluster when needed)
+host-deps: ## Host tools the tests use (headless Chromium for the HTML report test)
+	@command -v chromium >/dev/null || { echo "installing chromium (the HTML report test)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null; }
+
+test: $(VENV)/.installed host-deps ## Run every test (builds and starts the cluster when needed)
 	$(PY) -m slurmkit.testing.cluster up
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
-test-unit: $(VENV)/.installed ## Run the unit tests only (no Slurm needed)
+test-unit: $(VENV)/.installed host-deps ## Run the unit tests only (no Slurm needed)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 test-cluster: $(VENV)/.installed ## Run the cluster tests only
@@ -51,6 +57,10 @@ cluster-down: $(VENV)/.installed ## Stop and remove the containers (keeps volume
 
 cluster-clean: $(VENV)/.installed ## Remove the containers and every volume (state, accounting)
 	$(PY) -m slurmkit.testing.cluster down --volumes
+
+campaign: $(VENV)/.installed ## Fault campaign: >= 20 randomized failures (~1 h; not in `make test`)
+	$(PY) -m slurmkit.testing.cluster up
+	$(PY) -m slurmkit.testing.campaign $(CAMPAIGN_ARGS)
 
 lint: $(VENV)/.installed ## Static checks (ruff: pyflakes, bugbear, imports)
 	$(VENV)/bin/ruff check --select F,E9,B,I --line-length 100 slurmkit tests bench

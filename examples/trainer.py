@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from examples.collectives import Hub, PeerLost
-from slurmkit.ckpt import Checkpointer, store
+from slurmkit.ckpt import Checkpointer
 from slurmkit.plan import plan
 
 DATASET = 1 << 20
@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-triggered", action="store_true",
                         help="periodic checkpoints only (the baseline of the campaign)")
     parser.add_argument("--collective-timeout", type=float, default=10.0)
+    parser.add_argument("--state-mb", type=float, default=0.0,
+                        help="extra checkpointed state (MB), to make checkpoint writes "
+                             "take a while (the fault campaign crashes nodes mid-write)")
     parser.add_argument("--result", type=Path, default=None,
                         help="rank 0 writes the final weights here (.npy)")
     args = parser.parse_args(argv)
@@ -92,14 +95,13 @@ def main(argv: list[str] | None = None) -> int:
         f"layout tp={layout.tp} pp={layout.pp} dp={layout.dp} "
         f"grad_accum={layout.grad_accum} micro_batch={layout.micro_batch}")
     if rank == 0:
-        store.append_event(ckpt.directory, {"event": "run-start", "run": run, "ranks": world,
-                                            "job_id": env.get("SLURM_JOB_ID"),
-                                            "layout": layout.to_dict()})
+        ckpt.event("run-start", ranks=world, layout=layout.to_dict())
 
     true_weights = np.random.default_rng(12345).standard_normal(args.dim)
     weights = np.zeros(args.dim)
     velocity = np.zeros(args.dim)
-    ckpt.register(lambda: {"weights": weights, "velocity": velocity},
+    padding = np.zeros(int(args.state_mb * (1 << 20)) // 8)  # stands for a bigger model
+    ckpt.register(lambda: {"weights": weights, "velocity": velocity, "padding": padding},
                   lambda: {"global_batch": args.global_batch, "lr": args.lr,
                            "layout": layout.to_dict()})
 
@@ -163,8 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                 weights -= args.lr * velocity
             say(f"step {step + 1} loss {loss:.6f}")
             if rank == 0:
-                store.append_event(ckpt.directory, {"event": "step", "step": step + 1,
-                                                    "run": run, "loss": loss})
+                ckpt.event("step", step=step + 1, loss=loss)
             ckpt.maybe_checkpoint()
         if rank == 0:
             ckpt.checkpoint("final")

@@ -228,7 +228,11 @@ class Checkpointer:
         self._log(f"triggered ({reason}); last completed step {self._completed_step}")
         self._request_requeue()
         try:
-            self._write_triggered()
+            if self.triggered_enabled:
+                self._write_triggered()
+            else:  # periodic checkpoints only: the next run resumes from the last of them
+                self._event("checkpoint-skipped", kind="triggered",
+                            reason="triggered checkpoints disabled")
         except Exception as error:  # the exit must happen whatever the write did
             self._event("checkpoint-failed", kind="triggered", error=repr(error))
             self._log(f"triggered checkpoint failed: {error!r}")
@@ -236,6 +240,11 @@ class Checkpointer:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(EXIT_REQUEUE)
+
+    def event(self, name: str, **fields) -> None:
+        """Append an event of the trainer's own (e.g. ``step``) to ``events.jsonl``,
+        with this run's job id, run, rank and host."""
+        self._event(name, **fields)
 
     @property
     def triggered(self) -> bool:

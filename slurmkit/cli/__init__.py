@@ -25,6 +25,7 @@ _COMMANDS = {
     "render": ("slurmkit.cli.submit", "render", "Print the sbatch script of a job spec."),
     "topology": ("slurmkit.cli.topology", "topology", "Show the switch tree; try a placement."),
     "policy": ("slurmkit.cli.policy", "policy", "Install, check and simulate the job-submit policy."),
+    "goodput": ("slurmkit.cli.goodput", "goodput", "ETTR and badput from accounting (table, JSON, CSV, HTML)."),
     "plan": ("slurmkit.cli.plan", "plan", "Re-plan TP/PP/DP for a number of GPUs."),
     "completion": ("slurmkit.cli.completion", "completion", "Print a shell completion script."),
 }
