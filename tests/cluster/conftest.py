@@ -133,5 +133,64 @@ def jobs(slurm):
     tracker.cancel_all()
 
 
+POLICY = """\
+[defaults]
+gpus_per_node = 8
+nodes = "c[1-4]"
+
+[classes.inference]
+priority = 1000
+rank = 3
+grace_s = 15
+max_time_min = 1440
+
+[classes.training]
+priority = 100
+rank = 2
+grace_s = 20
+
+[classes.batch]
+priority = 10
+rank = 1
+grace_s = 5
+default_time_min = 60
+
+[queues.team-a]
+guaranteed_gpus = 16
+borrow_limit_gpus = 16
+classes = ["inference", "training", "batch"]
+default_class = "training"
+users = ["alice", "carol"]
+
+[queues.team-b]
+guaranteed_gpus = 16
+borrow_limit_gpus = 16
+classes = ["training", "batch"]
+users = ["bob", "carol"]
+"""
+POLICY_PATH = "/root/test-policy.toml"
+
+
+@pytest.fixture(scope="module")
+def policy_installed(cluster):
+    """The inline POLICY installed for a test module (job_submit/python, queues,
+    preemption), then removed again."""
+    import tomllib
+
+    from slurmkit.policy import config as config_module
+
+    cluster.exec("ctl", ["tee", POLICY_PATH], input_text=POLICY)
+    cluster.exec("ctl", ["install", "-d", "-m", "1777", "/shared/policy", "/shared/ckpt",
+                         "/shared/logs"])
+    try:
+        result = cluster.exec("ctl", ["slurmkit", "policy", "install", POLICY_PATH],
+                              check=False)
+        assert result.returncode == 0, result.stderr
+        yield config_module.from_dict(tomllib.loads(POLICY), source="inline")
+    finally:
+        cluster.cancel_test_jobs()
+        cluster.reset_policy()
+
+
 def monotonic_deadline(timeout_s: float) -> float:
     return time.monotonic() + timeout_s

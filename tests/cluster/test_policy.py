@@ -6,51 +6,13 @@ from __future__ import annotations
 import json
 import random
 import time
-import tomllib
 
 import pytest
 
-from slurmkit.policy import config as config_module
 from slurmkit.policy.simulate import simulate
 from slurmkit.slurm.client import SlurmClient
 from slurmkit.testing.cluster import ContainerRunner, wait_until
 
-POLICY = """\
-[defaults]
-gpus_per_node = 8
-nodes = "c[1-4]"
-
-[classes.inference]
-priority = 1000
-rank = 3
-grace_s = 15
-max_time_min = 1440
-
-[classes.training]
-priority = 100
-rank = 2
-grace_s = 20
-
-[classes.batch]
-priority = 10
-rank = 1
-grace_s = 5
-default_time_min = 60
-
-[queues.team-a]
-guaranteed_gpus = 16
-borrow_limit_gpus = 16
-classes = ["inference", "training", "batch"]
-default_class = "training"
-users = ["alice", "carol"]
-
-[queues.team-b]
-guaranteed_gpus = 16
-borrow_limit_gpus = 16
-classes = ["training", "batch"]
-users = ["bob", "carol"]
-"""
-POLICY_PATH = "/root/test-policy.toml"
 GOOD_MODULE = "/etc/slurm/job_submit.py"
 
 # A borrower that behaves as slurmkit's trainer does: on the warning signal its tasks
@@ -61,20 +23,6 @@ BORROWER = """#!/bin/bash
 echo "run ${SLURM_RESTART_COUNT:-0} started"
 srun bash -c 'trap "echo warned \\$(hostname); exit 0" USR2; while true; do sleep 0.2; done'
 """
-
-
-@pytest.fixture(scope="module")
-def policy_installed(cluster):
-    cluster.exec("ctl", ["tee", POLICY_PATH], input_text=POLICY)
-    cluster.exec("ctl", ["install", "-d", "-m", "1777", "/shared/policy"])
-    try:
-        result = cluster.exec("ctl", ["slurmkit", "policy", "install", POLICY_PATH],
-                              check=False)
-        assert result.returncode == 0, result.stderr
-        yield config_module.from_dict(tomllib.loads(POLICY), source="inline")
-    finally:
-        cluster.cancel_test_jobs()
-        cluster.reset_policy()
 
 
 def as_user(cluster, user: str) -> SlurmClient:
