@@ -36,6 +36,7 @@ class Training:
     job_id: int
     steps: int
     submit_output: dict
+    user: str = "alice"
 
     @property
     def ckpt_dir(self) -> str:
@@ -56,11 +57,11 @@ class Training:
             *submit_args, "--", "python3", "-m", "examples.trainer", "--steps", str(steps),
             *trainer_args], user=user)
         output = json.loads(result.stdout)
-        return cls(cluster, name, output["job_id"], steps, output)
+        return cls(cluster, name, output["job_id"], steps, output, user)
 
     @property
     def client(self) -> SlurmClient:
-        return SlurmClient(ContainerRunner(self.cluster, "login", "alice"))
+        return SlurmClient(ContainerRunner(self.cluster, "login", self.user))
 
     def events(self) -> list[dict]:
         text = self.cluster.exec("login", ["cat", f"{self.ckpt_dir}/events.jsonl"],

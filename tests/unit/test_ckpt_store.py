@@ -118,26 +118,37 @@ def test_crash_consistency_under_200_random_kills(tmp_path):
     returns a complete checkpoint, step k or k+1, byte for byte, and says which."""
     big = 400_000  # ~2 MB per checkpoint: a write (with fsyncs) takes milliseconds
     store.write_checkpoint(tmp_path, 0, state_for(0, big))
-    started = time.monotonic()
-    store.write_checkpoint(tmp_path / "probe", 0, state_for(0, big))
-    write_s = time.monotonic() - started
     randomness = random.Random(7)
     outcomes = {"old": 0, "new": 0}
+    # Where in the write the commit lands depends on the machine and its load (CI once saw
+    # 199 kills land before it with a fixed window). So the kill delay tracks the commit:
+    # a kill that landed after it shortens the next window, one before it lengthens it,
+    # and the jitter around that estimate spreads the kills over both sides.
+    commit_estimate_s = 0.002
     step = 0
     for _ in range(200):
+        ready_read, ready_write = os.pipe()
         pid = os.fork()
-        if pid == 0:  # the writer
+        if pid == 0:  # the writer: builds its state first, then says it starts writing
             try:
-                store.write_checkpoint(tmp_path, step + 1, state_for(step + 1, big))
+                os.close(ready_read)
+                state = state_for(step + 1, big)
+                os.write(ready_write, b"w")
+                store.write_checkpoint(tmp_path, step + 1, state)
             finally:
                 os._exit(0)
-        time.sleep(randomness.uniform(0, write_s * 1.3))
+        os.close(ready_write)
+        os.read(ready_read, 1)  # the write starts now: fork and set-up are not counted
+        os.close(ready_read)
+        time.sleep(commit_estimate_s * randomness.uniform(0.3, 1.7))
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         restored = store.restore(tmp_path)
         assert restored.step in (step, step + 1), restored.describe()
         assert_state_equal(restored.values, state_for(restored.step, big))
-        outcomes["new" if restored.step == step + 1 else "old"] += 1
+        landed_after_commit = restored.step == step + 1
+        outcomes["new" if landed_after_commit else "old"] += 1
+        commit_estimate_s *= 0.85 if landed_after_commit else 1.18
         step = restored.step
         store.retain(tmp_path, keep=2)
     # Both outcomes happened: the kills really landed before and after the commit.

@@ -160,7 +160,7 @@ def test_fuzz_no_hostile_value_ever_executes(tmp_path):
     marker = tmp_path / "pwned"
     stubs = tmp_path / "stubs"
     stubs.mkdir()
-    for name in ("srun", "scontrol", "torchrun", "prog"):
+    for name in ("srun", "scontrol", "squeue", "torchrun", "prog"):
         stub = stubs / name
         stub.write_text("#!/bin/sh\nexit 0\n")  # print nothing, run nothing
         stub.chmod(0o755)
@@ -201,3 +201,35 @@ def test_fuzz_no_hostile_value_ever_executes(tmp_path):
                        timeout=30)
         assert not marker.exists(), f"script {path} executed injected text:\n{script}"
     assert rendered >= 1000 and rendered + refused == 1400, (rendered, refused)
+
+
+@pytest.mark.parametrize(("exit_status", "preempt_time", "requeued"), [
+    (85, "N/A", True),  # survivors checkpointed after a failure: requeue
+    (85, "2026-11-28T10:01:12", False),  # preempted: Slurm requeues it as PREEMPTED
+    (85, "", True),  # squeue unreachable: requeue rather than lose the job
+    (0, "N/A", False),
+    (1, "N/A", False),  # a plain failure without a requeue marker
+])
+def test_training_script_requeues_unless_slurm_preempts_it(tmp_path, exit_status,
+                                                           preempt_time, requeued):
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    calls = tmp_path / "scontrol-calls"
+    (stubs / "srun").write_text(f"#!/bin/sh\nexit {exit_status}\n")
+    (stubs / "squeue").write_text(f"#!/bin/sh\necho '{preempt_time}'\n")
+    (stubs / "scontrol").write_text(
+        f"#!/bin/sh\n[ \"$1\" = show ] && echo c1 && exit 0\necho \"$@\" >> {calls}\n")
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    spec = build_spec({"kind": "training", "command": ["prog"], "job_name": "t",
+                       "chdir": str(tmp_path), "checkpoint_dir": str(tmp_path / "ckpt"),
+                       "log_dir": str(tmp_path / "logs")})
+    script = tmp_path / "job.sh"
+    script.write_text(render_script(spec))
+    env = {"PATH": f"{stubs}:/usr/bin:/bin", "HOME": str(tmp_path), "SLURM_JOB_ID": "7",
+           "SLURM_JOB_NODELIST": "c1", "SLURM_JOB_NUM_NODES": "1", "SLURM_RESTART_COUNT": "0"}
+    result = subprocess.run(["bash", str(script)], env=env, cwd=tmp_path, capture_output=True,
+                            text=True, timeout=30, check=False)
+    assert result.returncode == exit_status, result.stderr
+    made = calls.read_text().split("\n") if calls.exists() else []
+    assert ("requeue 7" in made) == requeued, (made, result.stdout)
