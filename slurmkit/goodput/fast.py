@@ -222,9 +222,9 @@ def node_failure_table(table: RunTable, node_events=None) -> list[dict]:
     if node_events:
         for index in failed:
             names = nodes.names(table.node_list[int(index)])
-            low, high = int(table.start[index]) - 600, int(table.end[index]) + 600
             for name in names:
-                if any(low <= at <= high for at in node_events.get(name, ())):
+                if metrics.blamed_by(node_events.get(name, ()), int(table.start[index]),
+                                     int(table.end[index])):
                     blamed[name] += 1
     rows_out = [{"node": node, "node_fail_runs": count,
                  "blamed_failures": blamed.get(node, 0) if node_events else None}

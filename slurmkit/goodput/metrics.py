@@ -296,6 +296,19 @@ def aggregate(chains: Iterable[ChainMetrics]) -> dict[str, dict[str, Totals]]:
     return result
 
 
+# slurmctld ends a run with NODE_FAIL when it marks the node DOWN, so the node's DOWN
+# event starts at the run's end; the slack covers the two records being written a
+# little apart. An event before the run started is an earlier failure of that node
+# (down, then resumed before this run) and blames nothing here.
+BLAME_AFTER_END_S = 120
+
+
+def blamed_by(event_starts: Iterable[int], run_start: int | None, run_end: int | None) -> bool:
+    """True when one of a node's DOWN events started during the run (or just after)."""
+    low, high = run_start or 0, (run_end or 0) + BLAME_AFTER_END_S
+    return any(low <= at <= high for at in event_starts)
+
+
 def node_failure_table(runs: Iterable[Run], node_events: Mapping[str, list[int]] | None = None
                        ) -> list[dict]:
     """Nodes by NODE_FAIL runs they were in; with node DOWN events, the failures
@@ -309,12 +322,11 @@ def node_failure_table(runs: Iterable[Run], node_events: Mapping[str, list[int]]
         for node in nodes:
             appearances[node] += 1
         if node_events:
-            culprits = [node for node in nodes if any(
-                (run.start or 0) - 600 <= at <= (run.end or 0) + 600
-                for at in node_events.get(node, ()))]
+            culprits = [node for node in nodes
+                        if blamed_by(node_events.get(node, ()), run.start, run.end)]
             for node in culprits:
                 blamed[node] += 1
-    rows = [{"node": node, "node_fail_runs": count, "blamed_failures": blamed.get(node)
+    rows = [{"node": node, "node_fail_runs": count, "blamed_failures": blamed.get(node, 0)
              if node_events else None} for node, count in appearances.items()]
     return sorted(rows, key=lambda row: (-(row["blamed_failures"] or 0), -row["node_fail_runs"],
                                          row["node"]))

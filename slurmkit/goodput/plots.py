@@ -5,7 +5,9 @@ mathtext)."""
 from __future__ import annotations
 
 import io
+import sys
 
+from slurmkit.errors import SlurmkitError
 from slurmkit.goodput import metrics
 
 STATE_COLORS = {"COMPLETED": "#2e7d32", "RUNNING": "#1565c0", "NODE_FAIL": "#c62828",
@@ -17,7 +19,13 @@ BUCKET_COLORS = {"initial_queue": "#b0bec5", "queue_after_requeue": "#78909c",
 
 
 def _pyplot():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise SlurmkitError(
+            "the HTML report draws its plots with matplotlib, which is not installed for "
+            f"{sys.executable}: install it (`pip install 'slurmkit[report]'`, or Debian's "
+            "python3-matplotlib), or choose --format table, json or csv") from error
 
     matplotlib.use("Agg")
     matplotlib.rcParams["svg.fonttype"] = "path"

@@ -5,7 +5,7 @@ training job with ``slurmkit submit`` (placed on the switch tree), watch it trai
 4 nodes, crash one of them, watch the survivors write a triggered checkpoint of the
 last completed step, Slurm requeue the job, the job restart on the 3 nodes left with a
 re-planned layout, resume from that step and finish — with final weights bit-for-bit
-equal to a run that never failed.
+equal to a run that never failed — then the goodput report of that job.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from slurmkit import output
 from slurmkit.errors import SlurmkitError
 from slurmkit.slurm import hostlist
 from slurmkit.testing.cluster import REPO_ROOT, Cluster, wait_until
-from slurmkit.testing.training import Training, reference_sha
+from slurmkit.testing.training import Training, reference_sha, survivors_save
 
 STEPS = 200
 NAME = "demo-train"
@@ -81,13 +81,21 @@ def run_demo(cluster: Cluster) -> int:
     crashed_at = time.time()
     cluster.crash(victim)
     try:
-        checkpoint = wait_until("the survivors' triggered checkpoint", lambda: [
-            e for e in training.events() if e["event"] == "checkpoint"
-            and e["kind"] == "triggered" and e.get("committed")], timeout_s=120)[0]
-        print(f"triggered checkpoint of step {checkpoint['step']} written by rank "
-              f"{checkpoint['rank']} on {checkpoint['host']}, "
-              f"{checkpoint['time_epoch_s'] - crashed_at:.1f} s after the crash "
-              f"(last step logged before the crash: {training.last_step(0)})")
+        saved_step, kept_by = wait_until("the survivors' triggered checkpoint",
+                                         lambda: survivors_save(training.events()),
+                                         timeout_s=120)
+        saves = [e for e in training.events() if e.get("kind") == "triggered"
+                 and e["event"] in ("checkpoint", "checkpoint-exists")]
+        first = saves[0]
+        if kept_by == "triggered":
+            print(f"triggered checkpoint of step {saved_step} written by rank "
+                  f"{first['rank']} on {first['host']}, "
+                  f"{first['time_epoch_s'] - crashed_at:.1f} s after the crash "
+                  f"(last step logged before the crash: {training.last_step(0)})")
+        else:
+            print(f"the survivors found step {saved_step} already saved by the periodic "
+                  f"checkpoint just before the crash: nothing to write "
+                  f"(last step logged before the crash: {training.last_step(0)})")
         say("Slurm declares the node down and requeues the job")
         start = wait_until("the restarted run", lambda: [
             e for e in training.events() if e["event"] == "run-start" and e["run"] >= 1],
@@ -110,6 +118,14 @@ def run_demo(cluster: Cluster) -> int:
     print(output.table(["RUN", "STATE", "NODES", "ELAPSED_S"],
                        [(r.restarts, r.state, hostlist.compress(r.nodes), r.elapsed_s)
                         for r in runs]))
+    say(f"slurmkit goodput --job {training.job_id}: where this job's GPU-hours went")
+    report_argv = ["slurmkit", "goodput", "--job", str(training.job_id),
+                   "--events", training.ckpt_dir, "--no-progress"]
+    print(cluster.exec("login", report_argv, user="alice").stdout.rstrip())
+    html_path = f"/shared/logs/{NAME}/goodput.html"
+    cluster.exec("login", [*report_argv, "--format", "html", "-o", html_path], user="alice")
+    print(f"(HTML report with plots: {html_path} in the cluster; docker cp "
+          f"{cluster.container('login')}:{html_path} . to open it)")
     final = training.final_sha()
     say("result")
     print(f"final weights sha256 {final}")

@@ -123,6 +123,26 @@ class Training:
         self.cluster.exec("ctl", ["scancel", str(self.job_id)], check=False)
 
 
+def survivors_save(events: list[dict], run: int = 0) -> tuple[int, str] | None:
+    """The step the survivors of ``run`` saved when triggered, and how it was kept:
+    ``"triggered"`` when they wrote it; ``"periodic"`` when a periodic checkpoint had
+    already committed that very step (the survivors then record ``checkpoint-exists``
+    and write nothing: a fault right after a periodic checkpoint). None: not yet."""
+    in_run = [event for event in events if event.get("run") == run]
+    for event in in_run:
+        if event["event"] == "checkpoint" and event.get("kind") == "triggered" \
+                and event.get("committed"):
+            return event["step"], "triggered"
+    # "checkpoint-exists" alone is not enough: a survivor may find the step that
+    # another survivor has just committed, before that one has logged its commit.
+    periodic_steps = {event["step"] for event in in_run if event["event"] == "checkpoint"
+                      and event.get("kind") == "periodic" and event.get("committed")}
+    for event in in_run:
+        if event["event"] == "checkpoint-exists" and event["step"] in periodic_steps:
+            return event["step"], "periodic"
+    return None
+
+
 def no_trainer_left(cluster: Cluster) -> bool:
     return all(cluster.exec(node, ["pgrep", "-f", "examples.trainer"], check=False).returncode
                for node in COMPUTE_NODES if cluster.health(node) == "healthy")

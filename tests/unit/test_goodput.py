@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from slurmkit.goodput import ingest, metrics, report
+from slurmkit.goodput import fast, ingest, metrics, report
 from slurmkit.goodput.events import add_event
+from slurmkit.goodput.table import from_runs as table_of
 
 COLUMNS = ingest.COLUMNS
 T0 = 1_800_000_000
@@ -173,9 +174,15 @@ def test_json_report_lists_every_chain_and_the_totals():
 
 def test_node_failure_table_blames_with_node_events():
     runs, _ = runs_of(CHAIN)
-    table = metrics.node_failure_table(runs, {"c2": [T0 + 300]})
+    # c2 went down as the run ended; c3's DOWN event is an earlier failure, resumed
+    # before this run started (it must not be blamed for this one).
+    node_events = {"c2": [T0 + 300], "c3": [T0 - 60]}
+    table = metrics.node_failure_table(runs, node_events)
     assert table[0]["node"] == "c2" and table[0]["blamed_failures"] == 1
     assert {row["node"] for row in table} == {"c1", "c2", "c3", "c4"}
+    assert all(row["blamed_failures"] == 0 for row in table[1:])
+    vectorized = fast.node_failure_table(table_of(runs), node_events)
+    assert sorted(map(str, vectorized)) == sorted(map(str, table))
 
 
 def test_preemption_is_attributed_to_the_job_that_took_the_nodes():
@@ -296,3 +303,15 @@ def test_vectorized_buckets_equal_the_per_job_metrics(lines):
             assert chains.buckets[index, position] == pytest.approx(expected.buckets[name]), name
         assert chains.node_failures[index] == expected.node_failures
         assert chains.preemptions[index] == expected.preemptions
+
+
+def test_html_without_matplotlib_says_how_to_get_it(monkeypatch):
+    import sys
+
+    from slurmkit.errors import SlurmkitError
+
+    runs, _ = runs_of(CHAIN)
+    built = report.build_report(runs, now=T0 + 2000, capacity_gpus=32)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib fails
+    with pytest.raises(SlurmkitError, match="python3-matplotlib.*--format table, json or csv"):
+        report.format_html(built)

@@ -49,3 +49,20 @@ def test_wait_until_returns_the_value_or_explains_the_timeout():
     with pytest.raises(ClusterHarnessError, match="waiting for never: still 0"):
         cluster.wait_until("never", lambda: 0, timeout_s=0.05, interval_s=0.01,
                            on_timeout=lambda: "still 0")
+
+
+def test_survivors_save_tells_a_written_checkpoint_from_a_periodic_one_already_there():
+    from slurmkit.testing.training import survivors_save
+
+    def checkpoint(kind, step, run=0):
+        return {"event": "checkpoint", "kind": kind, "step": step, "run": run, "committed": True}
+
+    exists = {"event": "checkpoint-exists", "kind": "triggered", "step": 80, "run": 0}
+    assert survivors_save([checkpoint("periodic", 60), checkpoint("triggered", 73)]) \
+        == (73, "triggered")
+    assert survivors_save([checkpoint("periodic", 80), exists]) == (80, "periodic")
+    # A survivor found the step another survivor just committed, whose event is not
+    # logged yet: not an answer yet.
+    assert survivors_save([checkpoint("periodic", 60), exists]) is None
+    assert survivors_save([exists, checkpoint("triggered", 80)]) == (80, "triggered")
+    assert survivors_save([checkpoint("triggered", 80, run=1)]) is None
