@@ -72,11 +72,14 @@ class IngestStats:
     bad_times: int = 0
     truncated: bool = False
     seconds: float = 0.0
+    #: records of a run that never started, left behind by a later record of the same job
+    superseded: int = 0
 
     def to_dict(self) -> dict:
         return {"rows": self.rows, "runs": self.runs, "steps_skipped": self.steps_skipped,
                 "malformed_rows": self.malformed, "unknown_states": dict(self.unknown_states),
                 "unparsable_times": self.bad_times, "truncated_input": self.truncated,
+                "superseded_records": self.superseded,
                 "ingest_seconds": round(self.seconds, 3)}
 
 

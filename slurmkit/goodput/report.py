@@ -17,7 +17,7 @@ from slurmkit import output
 from slurmkit.goodput import fast, metrics, nodes
 from slurmkit.goodput.events import JobEvents
 from slurmkit.goodput.ingest import IngestStats, Run
-from slurmkit.goodput.table import RunTable, from_runs
+from slurmkit.goodput.table import RunTable, drop_superseded, from_runs
 
 #: Kokolis et al. (HPCA 2025): the higher of the two rates they report.
 DEFAULT_FAILURES_PER_NODE_DAY = 6.5 / 1000
@@ -36,6 +36,9 @@ def build_report(runs: Iterable[Run] | RunTable, *,
     events = events or {}
     classes = tuple(classes)
     table = runs if isinstance(runs, RunTable) else from_runs(runs)
+    table, superseded = drop_superseded(table)
+    if stats is not None:
+        stats.superseded += superseded
     wanted = set(job_filter)
     if wanted:
         keep = [i for i in range(len(table)) if int(table.job_id[i]) in wanted]
@@ -171,7 +174,8 @@ def format_table(report: dict) -> str:
               r["preemptions"], r["gpu_hours_lost"]) for r in report["preemptions"]]), ""]
     ingest = report["ingest"]
     odd = {k: v for k, v in ingest.items() if k in ("malformed_rows", "unparsable_times",
-                                                    "steps_skipped") and v}
+                                                    "steps_skipped", "superseded_records")
+           and v}
     if ingest["unknown_states"] or odd or ingest["truncated_input"]:
         lines.append("input notes: " + ", ".join(
             [f"{v} {k.replace('_', ' ')}" for k, v in odd.items()]
@@ -284,7 +288,8 @@ def format_html(report: dict, *, timeline_jobs: Iterable[int] = ()) -> str:
               r.get("optimal_interval_s"), r.get("mttf_h")) for r in report["expected_ettr"]]))
     ingest = report["ingest"]
     parts.append(f"<p style='color:#666;font-size:12px'>Input: {ingest['rows']} rows, "
-                 f"{ingest['runs']} runs, {ingest['malformed_rows']} malformed, unknown states "
+                 f"{ingest['runs']} runs, {ingest['malformed_rows']} malformed, "
+                 f"{ingest.get('superseded_records', 0)} superseded, unknown states "
                  f"{esc(json.dumps(ingest['unknown_states']))}, truncated: "
                  f"{ingest['truncated_input']}.</p></body></html>")
     return "\n".join(parts)

@@ -108,6 +108,27 @@ def from_runs(runs: Iterable[Run], *, sort: bool = True) -> RunTable:
     return table
 
 
+def drop_superseded(table: RunTable) -> tuple[RunTable, int]:
+    """Without the records of runs that never started and that a later record of the
+    same job supersedes; how many were dropped.
+
+    Slurm leaves such a record behind when slurmctld restarts while a requeued job is
+    pending: the job gets a new database record, and the old one stays PENDING forever
+    (seen in the fault campaign: ``1:PENDING`` then ``1:COMPLETED``). Counted as a run,
+    it would hold the rest of the chain as queue time. A run that never started loses
+    nothing by going: the next run's queue time starts at the previous run's end."""
+    if len(table) < 2:
+        return table, 0
+    # Sorted by job, run, start: a never-started record comes first among its run's.
+    followed = np.zeros(len(table), dtype=bool)
+    followed[:-1] = table.job_id[:-1] == table.job_id[1:]
+    stale = followed & (table.start == 0)
+    dropped = int(stale.sum())
+    if not dropped:
+        return table, 0
+    return _reorder(table, np.flatnonzero(~stale)), dropped
+
+
 def _reorder(table: RunTable, order: np.ndarray) -> RunTable:
     fields = {name: getattr(table, name)[order] for name in (
         "job_id", "restarts", "state", "account", "partition", "qos", "submit", "eligible",

@@ -142,10 +142,12 @@ def run_fault(cluster: Cluster, index: int, kind: str, triggered: bool, referenc
               and e.get("kind") == "periodic" and "stall_s" in e]
     result.periodic_stall_s = statistics.median(stalls) if stalls else None
     restores = [e for e in events if e["event"] == "restore" and e["rank"] == 0 and e["run"] >= 1]
-    if restores and len(runs) >= 2:
-        next_run = restores[0]["run"]
-        failed = runs[next_run - 1]
-        resumed = runs[next_run]
+    # By restart count, among the runs that started: a slurmctld restart while the job
+    # is pending can leave a stale never-started record of the same run behind.
+    started = {run.restarts: run for run in runs if run.start_epoch_s}
+    next_run = restores[0]["run"] if restores else None
+    if next_run is not None and next_run - 1 in started and next_run in started:
+        failed, resumed = started[next_run - 1], started[next_run]
         restored_step = restores[0]["step"]
         manifests = [e for e in events if e["event"] == "checkpoint" and e["step"] == restored_step]
         result.restored_kind = manifests[0]["kind"] if manifests else None

@@ -315,3 +315,26 @@ def test_html_without_matplotlib_says_how_to_get_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib fails
     with pytest.raises(SlurmkitError, match="python3-matplotlib.*--format table, json or csv"):
         report.format_html(built)
+
+
+def test_a_record_left_pending_by_a_controller_restart_is_not_a_run():
+    # Seen in the fault campaign: slurmctld restarted while the requeued job was pending;
+    # the job got a new record and the old one stayed PENDING with no start.
+    chain = [
+        row(300, 0, "NODE_FAIL", T0, T0, T0 + 10, T0 + 80),
+        row(300, 1, "PENDING", T0 + 70, T0 + 100, None, None, nodes="None assigned"),
+        row(300, 1, "COMPLETED", T0 + 80, T0 + 110, T0 + 112, T0 + 142, nodes="c[2-4]",
+            nnodes=3, gpus=24),
+    ]
+    runs, stats = runs_of(chain)
+    built = report.build_report(runs, stats=stats, now=T0 + 200)
+    [job] = json.loads(report.format_json(built))["jobs"]
+    assert job["runs"] == 2 and [r["state"] for r in job["run_details"]] == \
+        ["NODE_FAIL", "COMPLETED"]
+    assert job["badput_s"]["queue_after_requeue"] == 112 - 80
+    assert built["ingest"]["superseded_records"] == 1
+    assert "1 superseded records" in report.format_table(built)
+    # A pending job's only record stays: it is the job, waiting.
+    runs, stats = runs_of([row(301, 0, "PENDING", T0, T0, None, None, nodes="None assigned")])
+    built = report.build_report(runs, stats=stats, now=T0 + 200)
+    assert built["ingest"]["superseded_records"] == 0 and built["totals"]["jobs"] == 1
