@@ -123,6 +123,17 @@ class Training:
         self.cluster.exec("ctl", ["scancel", str(self.job_id)], check=False)
 
 
+# The trainer processes themselves: on the batch host, srun's own command line holds
+# "python3 -m examples.trainer" too, and killing srun is not a rank crash.
+TRAINER_PROCESS = "^[^ ]*python3 -m examples[.]trainer"
+
+
+def trainer_pids(cluster: Cluster, node: str, user: str = "alice") -> list[str]:
+    """PIDs of the example trainer's ranks on ``node``."""
+    return cluster.exec(node, ["pgrep", "-u", user, "-f", TRAINER_PROCESS],
+                        check=False).stdout.split()
+
+
 def survivors_save(events: list[dict], run: int = 0) -> tuple[int, str] | None:
     """The step the survivors of ``run`` saved when triggered, and how it was kept:
     ``"triggered"`` when they wrote it; ``"periodic"`` when a periodic checkpoint had
@@ -144,5 +155,5 @@ def survivors_save(events: list[dict], run: int = 0) -> tuple[int, str] | None:
 
 
 def no_trainer_left(cluster: Cluster) -> bool:
-    return all(cluster.exec(node, ["pgrep", "-f", "examples.trainer"], check=False).returncode
+    return all(cluster.exec(node, ["pgrep", "-f", TRAINER_PROCESS], check=False).returncode
                for node in COMPUTE_NODES if cluster.health(node) == "healthy")

@@ -8,7 +8,13 @@ import random
 import pytest
 
 from slurmkit.testing.cluster import wait_until
-from slurmkit.testing.training import Training, no_trainer_left, reference_sha, survivors_save
+from slurmkit.testing.training import (
+    Training,
+    no_trainer_left,
+    reference_sha,
+    survivors_save,
+    trainer_pids,
+)
 
 STEPS = 160
 
@@ -63,7 +69,7 @@ def test_a_crashed_rank_makes_its_siblings_checkpoint_through_spank(cluster, job
     training.wait_step(30)
     running = jobs.job(training.job_id)
     node = running.nodes[1]  # not the batch host: the job script must survive to requeue
-    pids = cluster.exec(node, ["pgrep", "-u", "alice", "-f", "examples.trainer"]).stdout.split()
+    pids = trainer_pids(cluster, node)
     assert len(pids) == 2
     cluster.exec(node, ["kill", "-9", pids[0]])
     runs = training.wait_finished()
