@@ -8,6 +8,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# Two workers: the cluster tests (one xdist group, in order) mostly wait on Slurm, so
+# the unit tests run beside them on the second worker.
+PARALLEL := -n 2 --dist loadgroup
 
 .DEFAULT_GOAL := help
 
@@ -33,10 +36,10 @@ host-deps: ## Host tools the tests use (headless Chromium for the HTML report te
 
 test: $(VENV)/.installed host-deps ## Run every test (builds and starts the cluster when needed)
 	$(PY) -m slurmkit.testing.cluster up
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest tests $(PARALLEL) $(PYTEST_ARGS)
 
 test-unit: $(VENV)/.installed host-deps ## Run the unit tests only (no Slurm needed)
-	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+	$(PY) -m pytest tests/unit $(PARALLEL) $(PYTEST_ARGS)
 
 test-cluster: $(VENV)/.installed ## Run the cluster tests only
 	$(PY) -m slurmkit.testing.cluster up

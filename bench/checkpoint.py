@@ -46,6 +46,23 @@ def cpu_state() -> dict[str, np.ndarray]:
             for i in range(TENSORS)}
 
 
+def measure_stall(directory: Path, state, repeat: int, snapshotter=None) -> float:
+    """Seconds the training loop stalls for one async checkpoint of ``state``."""
+    extra = {"snapshotter": snapshotter} if snapshotter is not None else {}
+    ckpt = Checkpointer(directory, periodic_steps=1, signals=(), keep=1, **extra)
+    ckpt.register(lambda: state)
+    ckpt.completed(repeat + 1)
+    # Warm the reusable buffers once (as a long run would have), then measure.
+    ckpt.maybe_checkpoint()
+    ckpt.wait()
+    ckpt.completed(repeat + 2)
+    started = time.perf_counter()
+    ckpt.maybe_checkpoint()
+    stall_s = time.perf_counter() - started
+    ckpt.close()
+    return stall_s
+
+
 def measure_cpu(directory: Path) -> dict:
     state = cpu_state()
     sync_times, stalls = [], []
@@ -54,17 +71,7 @@ def measure_cpu(directory: Path) -> dict:
         store.write_checkpoint(directory / "sync", repeat, state)
         sync_times.append(time.perf_counter() - started)
         store.retain(directory / "sync", keep=1)
-        ckpt = Checkpointer(directory / "async", periodic_steps=1, signals=(), keep=1)
-        ckpt.register(lambda: state)
-        ckpt.completed(repeat + 1)
-        # Warm the reusable buffers once (as a long run would have), then measure.
-        ckpt.maybe_checkpoint()
-        ckpt.wait()
-        ckpt.completed(repeat + 2)
-        started = time.perf_counter()
-        ckpt.maybe_checkpoint()
-        stalls.append(time.perf_counter() - started)
-        ckpt.close()
+        stalls.append(measure_stall(directory / "async", state, repeat))
         log(f"repeat {repeat}: sync {sync_times[-1]:.3f} s, async stall {stalls[-1]:.4f} s")
     sync_s, stall_s = statistics.median(sync_times), statistics.median(stalls)
     return {"state_bytes": sum(a.nbytes for a in state.values()), "stall_s": round(stall_s, 4),
@@ -93,17 +100,7 @@ def measure_gpu(directory: Path, torch) -> dict:
     snapshotter = PinnedSnapshotter()
     stalls, sync_times = [], []
     for repeat in range(REPEATS):
-        ckpt = Checkpointer(directory / "async", periodic_steps=1, signals=(), keep=1,
-                            snapshotter=snapshotter)
-        ckpt.register(lambda: state)
-        ckpt.completed(repeat + 1)
-        ckpt.maybe_checkpoint()
-        ckpt.wait()
-        ckpt.completed(repeat + 2)
-        started = time.perf_counter()
-        ckpt.maybe_checkpoint()
-        stalls.append(time.perf_counter() - started)
-        ckpt.close()
+        stalls.append(measure_stall(directory / "async", state, repeat, snapshotter))
         started = time.perf_counter()
         host = {name: tensor.cpu().numpy() for name, tensor in state.items()}
         store.write_checkpoint(directory / "sync", repeat, host)

@@ -13,6 +13,7 @@ import numpy as np
 
 from slurmkit.goodput import metrics, nodes
 from slurmkit.goodput.table import RunTable
+from slurmkit.topology.health import blamed_by
 
 _FINAL_FAILURES = ("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY")
 BUCKET_INDEX = {name: index for index, name in enumerate(metrics.BUCKETS)}
@@ -223,7 +224,7 @@ def node_failure_table(table: RunTable, node_events=None) -> list[dict]:
         for index in failed:
             names = nodes.names(table.node_list[int(index)])
             for name in names:
-                if metrics.blamed_by(node_events.get(name, ()), int(table.start[index]),
+                if blamed_by(node_events.get(name, ()), int(table.start[index]),
                                      int(table.end[index])):
                     blamed[name] += 1
     rows_out = [{"node": node, "node_fail_runs": count,

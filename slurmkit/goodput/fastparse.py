@@ -262,13 +262,7 @@ def parse(data: bytes, header: tuple[str, ...], stats: IngestStats, workers: int
         parts = [_parse_chunk(0, len(data), header)]
     _DATA = b""
     for part in parts:
-        chunk = part["stats"]
-        stats.rows += chunk.rows
-        stats.runs += chunk.runs
-        stats.malformed += chunk.malformed
-        stats.steps_skipped += chunk.steps_skipped
-        stats.bad_times += chunk.bad_times
-        stats.truncated |= chunk.truncated
+        stats.absorb(part["stats"])
     concat = lambda name: np.concatenate([part[name] for part in parts])  # noqa: E731
     # Categorical codes: one table across the chunks.
     merged: dict[str, tuple[np.ndarray, list[str]]] = {}

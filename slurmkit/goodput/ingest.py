@@ -75,6 +75,19 @@ class IngestStats:
     #: records of a run that never started, left behind by a later record of the same job
     superseded: int = 0
 
+    def absorb(self, part: IngestStats) -> None:
+        """Add the counts of a chunk parsed apart (by a worker process); ``seconds``
+        stays the caller's wall time."""
+        self.rows += part.rows
+        self.runs += part.runs
+        self.steps_skipped += part.steps_skipped
+        self.malformed += part.malformed
+        self.bad_times += part.bad_times
+        self.superseded += part.superseded
+        self.truncated |= part.truncated
+        for state, count in part.unknown_states.items():
+            self.unknown_states[state] = self.unknown_states.get(state, 0) + count
+
     def to_dict(self) -> dict:
         return {"rows": self.rows, "runs": self.runs, "steps_skipped": self.steps_skipped,
                 "malformed_rows": self.malformed, "unknown_states": dict(self.unknown_states),

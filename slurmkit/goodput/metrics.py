@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from slurmkit.goodput.events import JobEvents
 from slurmkit.goodput.ingest import Run
 from slurmkit.slurm import hostlist
+from slurmkit.topology.health import blamed_by
 
 BUCKETS = ("initial_queue", "queue_after_requeue", "restart_overhead", "lost_work",
            "checkpoint_stall", "preemption", "other")
@@ -294,19 +295,6 @@ def aggregate(chains: Iterable[ChainMetrics]) -> dict[str, dict[str, Totals]]:
         result["class"][chain.job_class].add(chain)
         result["cluster"]["all"].add(chain)
     return result
-
-
-# slurmctld ends a run with NODE_FAIL when it marks the node DOWN, so the node's DOWN
-# event starts at the run's end; the slack covers the two records being written a
-# little apart. An event before the run started is an earlier failure of that node
-# (down, then resumed before this run) and blames nothing here.
-BLAME_AFTER_END_S = 120
-
-
-def blamed_by(event_starts: Iterable[int], run_start: int | None, run_end: int | None) -> bool:
-    """True when one of a node's DOWN events started during the run (or just after)."""
-    low, high = run_start or 0, (run_end or 0) + BLAME_AFTER_END_S
-    return any(low <= at <= high for at in event_starts)
 
 
 def node_failure_table(runs: Iterable[Run], node_events: Mapping[str, list[int]] | None = None

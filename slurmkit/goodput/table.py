@@ -238,14 +238,7 @@ def read_table(path: str, *, stats: IngestStats, workers: int | None = None) -> 
     with context.Pool(len(bounds)) as pool:
         results = pool.starmap(_parse_range, [(path, header, low, high) for low, high in bounds])
     for _, part in results:
-        stats.rows += part.rows
-        stats.runs += part.runs
-        stats.steps_skipped += part.steps_skipped
-        stats.malformed += part.malformed
-        stats.bad_times += part.bad_times
-        stats.truncated |= part.truncated
-        for state, count in part.unknown_states.items():
-            stats.unknown_states[state] = stats.unknown_states.get(state, 0) + count
+        stats.absorb(part)
     return merge([table for table, _ in results])
 
 

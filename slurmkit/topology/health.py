@@ -1,8 +1,8 @@
 """Node health from accounting: which nodes failed jobs recently (pure).
 
 A run that ended in NODE_FAIL blames the nodes of its allocation that went DOWN
-around its end (slurmdbd's node events, ``sacctmgr show event``); without events,
-every node of the run is blamed. A node with at least ``max_failures`` blamed
+while it ran or just after (slurmdbd's node events, ``sacctmgr show event``); without
+events, every node of the run is blamed. A node with at least ``max_failures`` blamed
 failures in the window is unhealthy: placement avoids it and ``--exclude``s it.
 """
 
@@ -13,9 +13,17 @@ from dataclasses import dataclass
 
 from slurmkit.slurm.models import AccountingRecord
 
-#: How far an event may start from a NODE_FAIL run's end and still be its cause:
-#: slurmctld records the run's end when it declares the node down (SlurmdTimeout).
-_EVENT_SLACK_S = 600
+# slurmctld ends a run with NODE_FAIL when it marks the node DOWN, so the node's DOWN
+# event starts at the run's end; the slack covers the two records being written a
+# little apart. An event before the run started is an earlier failure of that node
+# (down, then resumed before this run) and blames nothing here.
+BLAME_AFTER_END_S = 120
+
+
+def blamed_by(event_starts: Iterable[int], run_start: int | None, run_end: int | None) -> bool:
+    """True when one of a node's DOWN events started during the run (or just after)."""
+    low, high = run_start or 0, (run_end or 0) + BLAME_AFTER_END_S
+    return any(low <= at <= high for at in event_starts)
 
 
 @dataclass(frozen=True)
@@ -56,10 +64,8 @@ def node_failures(records: Iterable[AccountingRecord], events: Iterable[NodeEven
         if record.state != "NODE_FAIL":
             continue
         end = record.end_epoch_s or record.start_epoch_s or 0
-        start = record.start_epoch_s or end
         blamed = [node for node in record.nodes
-                  if any(start - _EVENT_SLACK_S <= at <= end + _EVENT_SLACK_S
-                         for at in down_events.get(node, ()))]
+                  if blamed_by(down_events.get(node, ()), record.start_epoch_s or end, end)]
         for node in blamed or record.nodes:
             failures[node] = failures.get(node, 0) + 1
     return failures

@@ -8,8 +8,9 @@ cancels whatever they submitted in teardown.
 
 from __future__ import annotations
 
+import fcntl
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import pytest
 
@@ -19,19 +20,33 @@ from slurmkit.slurm.models import AccountingRecord, Job
 from slurmkit.testing.cluster import COMPUTE_NODES, Cluster, ContainerRunner, wait_until
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the group markers
 def pytest_collection_modifyitems(items):
     for item in items:
         if "tests/cluster/" in str(item.fspath):
             item.add_marker(pytest.mark.cluster)
+            # One shared cluster: its tests run one after another on one xdist worker
+            # (`--dist loadgroup`), the unit tests beside them on the others.
+            item.add_marker(pytest.mark.xdist_group("cluster"))
 
 
 @pytest.fixture(scope="session")
-def cluster() -> Cluster:
+def cluster() -> Iterator[Cluster]:
     cluster = Cluster()
-    cluster.up()
-    cluster.cancel_test_jobs()
-    cluster.reset_policy()
-    return cluster
+    cluster.state_dir.mkdir(parents=True, exist_ok=True)
+    with (cluster.state_dir / "tests.lock").open("w") as lock:
+        # Cluster tests crash nodes and install policies: two sessions (or two xdist
+        # workers) at once would break each other's scenarios, so the second one stops.
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pytest.fail("another test session is using the docker-slurm cluster (cluster "
+                        "tests must run in one process: `--dist loadgroup`, and a pytest "
+                        "whose xdist groups work, see pyproject.toml)", pytrace=False)
+        cluster.up()
+        cluster.cancel_test_jobs()
+        cluster.reset_policy()
+        yield cluster
 
 
 @pytest.fixture(autouse=True)
@@ -147,7 +162,7 @@ max_time_min = 1440
 [classes.training]
 priority = 100
 rank = 2
-grace_s = 20
+grace_s = 10
 
 [classes.batch]
 priority = 10
@@ -194,3 +209,18 @@ def policy_installed(cluster):
 
 def monotonic_deadline(timeout_s: float) -> float:
     return time.monotonic() + timeout_s
+
+
+@pytest.fixture
+def spec_path(cluster) -> str:
+    """A two-node exclusive job spec on the login node, for `slurmkit submit`."""
+    path = "/home/alice/placed.toml"
+    cluster.exec("login", ["tee", path], user="alice", input_text="""\
+kind = "batch"
+job_name = "placed"
+command = ["sleep", "300"]
+nodes = 2
+exclusive = true
+output = "/dev/null"
+""")
+    return path

@@ -11,7 +11,7 @@ import re
 from slurmkit.testing.cluster import wait_until
 from slurmkit.testing.training import Training, no_trainer_left
 
-STEPS = 200
+STEPS = 150
 LINE = re.compile(r"^trainer: run (\d+) (.*) t=(\d+\.\d+)$")
 
 
@@ -39,7 +39,8 @@ def test_report_counts_runs_and_matches_the_trainers_log(cluster, policy_install
     # the last periodic checkpoint, so the lost-work figures are not trivially zero.
     training = Training.submit(cluster, "goodput-story", STEPS, user="bob",
                                submit_args=("-A", "team-b"),
-                               trainer_args=("--no-triggered", "--periodic-steps", "15"))
+                               trainer_args=("--no-triggered", "--periodic-steps", "15",
+                                             "--step-seconds", "0.1"))
     jobs.job_ids.append(training.job_id)
     # Run 0: all four nodes, borrowed capacity. The owner's inference reclaims one node:
     # the whole job is preempted (warned, checkpointed, requeued).

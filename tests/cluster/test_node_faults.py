@@ -1,15 +1,19 @@
 """Real node failures: a killed container and a network cut, seen by Slurm, recorded
-in accounting, and undone."""
+in accounting, undone, and remembered by `slurmkit submit`'s node health."""
 
+import json
 import time
 
+from slurmkit.slurm.hostlist import expand
 from slurmkit.testing.cluster import wait_until
+from slurmkit.topology.model import parse_topology
 
 _SLEEPER = "#!/bin/bash\nsrun sleep 600\n"
 _DEAD = {"DOWN", "NOT_RESPONDING"}
 
 
-def test_killed_node_fails_its_jobs_per_their_flags_and_comes_back(cluster, slurm, jobs):
+def test_killed_node_fails_its_jobs_per_their_flags_comes_back_and_is_avoided(cluster, slurm,
+                                                                              jobs, spec_path):
     requeueable = jobs.submit(_SLEEPER, ["-N2", "--requeue", "-J", "survivor"])
     running = jobs.wait_state(requeueable, {"RUNNING"})
     victim = running.nodes[-1]
@@ -20,7 +24,7 @@ def test_killed_node_fails_its_jobs_per_their_flags_and_comes_back(cluster, slur
     crashed_at = time.monotonic()
     cluster.crash(victim)
 
-    # sinfo sees the node go away (SlurmdTimeout=20 in docker-slurm's slurm.conf).
+    # sinfo sees the node go away (SlurmdTimeout=10 in docker-slurm's slurm.conf).
     states = wait_until(f"sinfo to show {victim} down",
                         lambda: (flags := slurm.node_states().get(victim, frozenset()))
                         & _DEAD and flags, timeout_s=120)
@@ -52,6 +56,25 @@ def test_killed_node_fails_its_jobs_per_their_flags_and_comes_back(cluster, slur
     rerun = jobs.wait_state(requeueable, {"RUNNING"}, timeout_s=180)
     assert rerun.restart_count == 1
     print(f"{victim} declared down {detected_s:.0f} s after the crash")
+
+    # slurmkit submit remembers the failure: the node is back in service, but a
+    # two-node job is placed on the other leaf and the node is excluded outright.
+    jobs.client.cancel([requeueable])
+    wait_until("the requeued job to leave the queue", lambda: not [
+        job for job in jobs.client.jobs(job_ids=[requeueable])
+        if job.state in ("PENDING", "RUNNING", "COMPLETING")], timeout_s=60)
+    since = f"now-{int(time.monotonic() - crashed_at) + 5}seconds"  # this crash only
+    result = cluster.exec("login", ["slurmkit", "submit", spec_path, "--json", "--explain",
+                                    "--health-since", since], user="alice", check=False)
+    assert result.returncode == 0, result.stderr
+    submitted = json.loads(result.stdout)
+    jobs.job_ids.append(submitted["job_id"])
+    leaf_of = parse_topology(cluster.exec("ctl", ["cat", "/etc/slurm/topology.conf"]).stdout,
+                             "topology.conf").leaf_of
+    other_leaf = sorted(node for node, leaf in leaf_of.items() if leaf != leaf_of[victim])
+    assert submitted["placement"]["exclude"] == victim
+    assert list(expand(submitted["placement"]["nodelist"])) == other_leaf
+    assert f"unhealthy avoided: {victim}" in result.stderr
 
 
 def test_network_cut_makes_the_node_unresponsive_until_reconnected(cluster, slurm):

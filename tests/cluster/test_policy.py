@@ -58,7 +58,7 @@ def test_reclaim_preempts_borrowed_training_within_grace(cluster, policy_install
 
     submitted_at = time.monotonic()
     owner, _ = sbatch(cluster, "alice", ["--qos=inference", "-N1", "--gpus-per-node=8",
-                                         "-J", "owner", "-o", "/dev/null"], "#!/bin/bash\nsleep 15\n")
+                                         "-J", "owner", "-o", "/dev/null"], "#!/bin/bash\nsleep 5\n")
     alice = as_user(cluster, "alice")
     started = wait_until("alice's inference to start",
                          lambda: [j for j in alice.jobs(job_ids=[owner]) if j.state == "RUNNING"],

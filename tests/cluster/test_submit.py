@@ -11,13 +11,6 @@ from slurmkit.render import sbatch_quote
 from slurmkit.testing.cluster import wait_until
 from slurmkit.topology.model import parse_topology
 
-SPEC = """\
-kind = "batch"
-job_name = "placed"
-command = ["sleep", "300"]
-nodes = 2
-exclusive = true
-"""
 BLOCKER = "#!/bin/bash\nsleep 300\n"
 
 
@@ -36,12 +29,6 @@ def submit_in_login(cluster, *args) -> dict:
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
-
-@pytest.fixture
-def spec_path(cluster):
-    path = "/home/alice/placed.toml"
-    cluster.exec("login", ["tee", path], user="alice", input_text=SPEC)
-    return path
 
 
 def test_two_nodes_land_on_one_leaf_whenever_possible(cluster, jobs, leaf_of, spec_path):
@@ -73,25 +60,6 @@ def test_two_nodes_land_on_one_leaf_whenever_possible(cluster, jobs, leaf_of, sp
     nodes = placed_nodes(["c1", "c3"])
     assert sorted(nodes) == ["c2", "c4"]
     assert {leaf_of[node] for node in nodes} == {leaf_of["c2"], leaf_of["c4"]}
-
-
-def test_a_node_that_failed_a_job_is_avoided_and_excluded(cluster, slurm, jobs, spec_path):
-    # A real failure: a job on c1 dies with its node.
-    victim_job = jobs.submit(BLOCKER, ["-N1", "--nodelist=c1", "--no-requeue", "-J", "doomed",
-                                       "-o", "/dev/null"])
-    jobs.wait_state(victim_job, {"RUNNING"})
-    since = "now-2minutes"
-    cluster.crash("c1")
-    jobs.wait_runs(victim_job, lambda runs: runs[-1].state == "NODE_FAIL", "NODE_FAIL")
-    cluster.restore("c1")
-    result = cluster.exec("login", ["slurmkit", "submit", spec_path, "--json", "--explain",
-                                    "--health-since", since], user="alice", check=False)
-    assert result.returncode == 0, result.stderr
-    submitted = json.loads(result.stdout)
-    jobs.job_ids.append(submitted["job_id"])
-    assert submitted["placement"]["exclude"] == "c1"
-    assert submitted["placement"]["nodelist"] == "c[3-4]"
-    assert "unhealthy avoided: c1" in result.stderr
 
 
 def test_submission_over_ssh_returns_the_job_id_and_the_job_runs(cluster, jobs, tmp_path):

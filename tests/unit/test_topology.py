@@ -153,6 +153,13 @@ def test_health_blames_the_node_that_went_down():
     assert health.unhealthy_nodes(failures, max_failures=2) == frozenset()
 
 
+def test_health_does_not_blame_a_nodes_earlier_resolved_failure():
+    # c1 went down (and came back) before the run started; c2 went down at its end.
+    events = health.parse_events("c1|700|760|DOWN*|Not responding\n"
+                                 "c2|1100|1130|DOWN*|Not responding\n")
+    assert health.node_failures([_record("NODE_FAIL", ["c1", "c2"])], events) == {"c2": 1}
+
+
 def test_health_without_events_blames_the_whole_allocation():
     assert health.node_failures([_record("NODE_FAIL", ["c1", "c2"])]) == {"c1": 1, "c2": 1}
 
