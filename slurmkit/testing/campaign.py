@@ -26,7 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from slurmkit import output
-from slurmkit.testing.cluster import Cluster, wait_until
+from slurmkit.testing.cluster import Cluster, exclusive_use, wait_until
 from slurmkit.testing.training import (
     Training,
     no_trainer_left,
@@ -210,17 +210,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
-    randomness = random.Random(seed)
     log(f"seed {seed}")
     cluster = Cluster()
+    with exclusive_use("the fault campaign"):
+        return run_campaign(cluster, args.faults, args.baseline, seed)
+
+
+def run_campaign(cluster: Cluster, faults: int, baseline: int, seed: int) -> int:
+    randomness = random.Random(seed)
     cluster.up()
     cluster.cancel_test_jobs()
     cluster.reset_policy()
     cluster.exec("ctl", ["install", "-d", "-m", "1777", "/shared/ckpt", "/shared/logs"])
     reference = reference_sha(cluster, STEPS)
-    kinds = [KINDS[i % len(KINDS)] for i in range(args.faults)]
+    kinds = [KINDS[i % len(KINDS)] for i in range(faults)]
     randomness.shuffle(kinds)
-    plan = [(kind, True) for kind in kinds] + [("node-crash", False)] * args.baseline
+    plan = [(kind, True) for kind in kinds] + [("node-crash", False)] * baseline
     results: list[FaultResult] = []
     for index, (kind, triggered) in enumerate(plan):
         log(f"fault {index + 1}/{len(plan)}: {kind}"

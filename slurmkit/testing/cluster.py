@@ -21,6 +21,8 @@ readiness checks.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -30,11 +32,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from slurmkit.errors import ClusterHarnessError
+from slurmkit.slurm import hostlist
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKER_SLURM = REPO_ROOT / "docker-slurm"
@@ -44,6 +47,10 @@ DEBIAN_SUITE = "trixie"
 COMPUTE_NODES = ("c1", "c2", "c3", "c4")
 ALL_NODES = ("db", "ctl", *COMPUTE_NODES, "login")
 TEST_USERS = ("alice", "bob", "carol")
+_CTL_LOG = "/var/log/slurm/slurmctld.log"
+_SET_DOWN = re.compile(r"Nodes (\S+) not responding, setting DOWN")
+#: One lock per machine (the containers are named per machine, not per checkout).
+LOCK_PATH = Path(tempfile.gettempdir()) / f"{PROJECT}-cluster.lock"
 #: Inputs of the node image: a change to any of them rebuilds it.
 _NODE_IMAGE_INPUTS = ("docker-slurm", "job_submit", "spank")
 _NODE_IMAGE_IGNORED = (".state", "__pycache__")
@@ -96,6 +103,27 @@ def _run(argv: Sequence[str], *, check: bool = True, capture: bool = True,
 
 
 # ------------------------------------------------------------------- images
+
+
+@contextlib.contextmanager
+def exclusive_use(purpose: str) -> Iterator[None]:
+    """Hold the cluster for a test session, the demo or the campaign: each crashes
+    nodes and installs policies, so a second one at the same time would break the
+    first one's scenarios. Raises ClusterHarnessError, naming the holder, when taken."""
+    with LOCK_PATH.open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise ClusterHarnessError(
+                f"the docker-slurm cluster is in use by {holder}: run {purpose} again "
+                "when it has finished") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{purpose} (pid {os.getpid()})")
+        lock.flush()
+        yield
 
 
 def apt_mirror(sources_dir: Path = Path("/etc/apt")) -> str:
@@ -274,6 +302,8 @@ class Cluster:
     ssh_port: int = field(default_factory=lambda: int(os.environ.get("SLURMKIT_SSH_PORT", "2222")))
     state_dir: Path = DOCKER_SLURM / ".state"
     node_image: str | None = None
+    #: nodes crashed or cut off through this object (so Slurm may rightly set them DOWN)
+    faulted: set[str] = field(default_factory=set, repr=False)
 
     # ---- paths and names
 
@@ -494,11 +524,26 @@ class Cluster:
     def crash(self, node: str) -> None:
         """Kill the node's container outright (SIGKILL to tini: every process dies,
         as on a power loss)."""
+        self.faulted.add(node)
         self._docker().containers.get(self.container(node)).kill()
 
     def cut(self, node: str) -> None:
         """Disconnect the node from the cluster network; its processes keep running."""
+        self.faulted.add(node)
         self._docker().networks.get(self.network).disconnect(self.container(node), force=True)
+
+    def controller_log_lines(self) -> int:
+        """How many lines slurmctld's log has now (a mark for ``set_down_since``)."""
+        result = self.exec("ctl", ["wc", "-l", _CTL_LOG], check=False)
+        return int(result.stdout.split()[0]) if result.returncode == 0 else 0
+
+    def set_down_since(self, mark: int) -> set[str]:
+        """Nodes slurmctld declared DOWN for not responding after log line ``mark``."""
+        result = self.exec("ctl", ["tail", "-n", f"+{mark + 1}", _CTL_LOG], check=False)
+        nodes: set[str] = set()
+        for match in _SET_DOWN.finditer(result.stdout):
+            nodes.update(hostlist.expand(match.group(1)))
+        return nodes
 
     def restore(self, node: str, *, timeout_s: float = 180, wait_slurm: bool = True) -> None:
         """Undo crash or cut: reconnect or start the container, wait until healthy

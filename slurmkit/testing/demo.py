@@ -19,7 +19,7 @@ import time
 from slurmkit import output
 from slurmkit.errors import SlurmkitError
 from slurmkit.slurm import hostlist
-from slurmkit.testing.cluster import REPO_ROOT, Cluster, wait_until
+from slurmkit.testing.cluster import REPO_ROOT, Cluster, exclusive_use, wait_until
 from slurmkit.testing.training import Training, reference_sha, survivors_save
 
 STEPS = 200
@@ -33,10 +33,11 @@ def say(text: str) -> None:
 def main() -> int:
     cluster = Cluster()
     try:
-        cluster.up()
-        cluster.reset_policy()
-        cluster.exec("ctl", ["install", "-d", "-m", "1777", "/shared/ckpt", "/shared/logs"])
-        return run_demo(cluster)
+        with exclusive_use("make demo"):
+            cluster.up()
+            cluster.reset_policy()
+            cluster.exec("ctl", ["install", "-d", "-m", "1777", "/shared/ckpt", "/shared/logs"])
+            return run_demo(cluster)
     except SlurmkitError as error:
         print(f"demo failed: {error}", file=sys.stderr)
         return 1

@@ -8,16 +8,22 @@ cancels whatever they submitted in teardown.
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import pytest
 
-from slurmkit.errors import SlurmCommandError
+from slurmkit.errors import ClusterHarnessError, SlurmCommandError
 from slurmkit.slurm.client import SlurmClient
 from slurmkit.slurm.models import AccountingRecord, Job
-from slurmkit.testing.cluster import COMPUTE_NODES, Cluster, ContainerRunner, wait_until
+from slurmkit.testing.cluster import (
+    COMPUTE_NODES,
+    Cluster,
+    ContainerRunner,
+    exclusive_use,
+    wait_until,
+)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the group markers
@@ -33,16 +39,12 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     cluster = Cluster()
-    cluster.state_dir.mkdir(parents=True, exist_ok=True)
-    with (cluster.state_dir / "tests.lock").open("w") as lock:
-        # Cluster tests crash nodes and install policies: two sessions (or two xdist
-        # workers) at once would break each other's scenarios, so the second one stops.
+    with contextlib.ExitStack() as held:
+        # Also stops a second worker if xdist's groups ever split the cluster tests.
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pytest.fail("another test session is using the docker-slurm cluster (cluster "
-                        "tests must run in one process: `--dist loadgroup`, and a pytest "
-                        "whose xdist groups work, see pyproject.toml)", pytrace=False)
+            held.enter_context(exclusive_use("a test session"))
+        except ClusterHarnessError as error:
+            pytest.fail(str(error), pytrace=False)
         cluster.up()
         cluster.cancel_test_jobs()
         cluster.reset_policy()
@@ -61,7 +63,16 @@ def _all_nodes_back(request):
                 node in COMPUTE_NODES and cluster.network not in _networks(cluster, node)):
             cluster.restore(node)
     cluster.wait_nodes_up(COMPUTE_NODES, timeout_s=180)
+    cluster.faulted.clear()
+    log_mark = cluster.controller_log_lines()
     yield
+    # A node Slurm declared dead that no test crashed or cut off would have killed
+    # whatever ran there: slurm.conf's timeouts are too tight for this machine.
+    wrongly_down = cluster.set_down_since(log_mark) - cluster.faulted
+    if wrongly_down:
+        pytest.fail(f"slurmctld set healthy node(s) {', '.join(sorted(wrongly_down))} DOWN "
+                    "(not responding) during the test: raise SlurmdTimeout in "
+                    "docker-slurm/etc/slurm.conf", pytrace=False)
 
 
 def _networks(cluster: Cluster, node: str) -> set[str]:

@@ -11,7 +11,7 @@ import re
 from slurmkit.testing.cluster import wait_until
 from slurmkit.testing.training import Training, no_trainer_left
 
-STEPS = 150
+STEPS = 120
 LINE = re.compile(r"^trainer: run (\d+) (.*) t=(\d+\.\d+)$")
 
 

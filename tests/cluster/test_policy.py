@@ -249,16 +249,20 @@ def _sbatch_args(description: dict) -> list[str]:
 
 def test_simulate_agrees_with_the_live_shim_on_200_jobs(cluster, policy_installed, cleanup):
     corpus = list(_corpus(200))
-    # One docker exec per user: a loop of sbatch calls, one JSON line per job.
+    # One docker exec per user: a loop of sbatch calls keeping each one's exit status,
+    # output and error in files, then one JSON line per job.
     live: dict[int, dict] = {}
     for user in ("alice", "bob", "carol"):
         mine = [(index, d) for index, d in enumerate(corpus) if d["user"] == user]
-        script = "".join(
-            f"out=$(sbatch {' '.join(_quote(a) for a in _sbatch_args(d))} "
-            f"--wrap true 2>/tmp/err-$$); rc=$?; python3 -c 'import json,sys; "
-            f"print(json.dumps({{\"index\": {index}, \"rc\": int(sys.argv[1]), "
-            f"\"out\": sys.argv[2], \"err\": open(sys.argv[3]).read()}}))' "
-            f"$rc \"$out\" /tmp/err-$$\n" for index, d in mine)
+        script = 'd=$(mktemp -d)\n' + "".join(
+            f"sbatch {' '.join(_quote(a) for a in _sbatch_args(d))} --wrap true "
+            f">$d/{index}.out 2>$d/{index}.err; echo $? >$d/{index}.rc\n" for index, d in mine
+        ) + ("python3 -c 'import json, pathlib, sys\n"
+             "for rc in sorted(pathlib.Path(sys.argv[1]).glob(\"*.rc\")):\n"
+             "    read = lambda suffix: rc.with_suffix(suffix).read_text()\n"
+             "    print(json.dumps({\"index\": int(rc.stem), \"rc\": int(read(\".rc\")),\n"
+             "                      \"out\": read(\".out\").strip(), \"err\": read(\".err\")}))"
+             "' $d\nrm -rf $d\n")
         result = cluster.exec("login", ["bash", "-s"], user=user, input_text=script,
                               timeout_s=600)
         for line in result.stdout.splitlines():

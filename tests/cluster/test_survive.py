@@ -16,7 +16,7 @@ from slurmkit.testing.training import (
     trainer_pids,
 )
 
-STEPS = 120
+STEPS = 100
 # Faster steps than the trainer's default 0.25 s: the scenario is the same, the test shorter.
 FAST = ("--step-seconds", "0.1")
 
@@ -31,7 +31,7 @@ def test_node_crash_resumes_on_three_nodes_from_the_last_completed_step(cluster,
     training = Training.submit(cluster, "survive-crash", STEPS, trainer_args=FAST)
     jobs.job_ids.append(training.job_id)
     randomness = random.Random()
-    crash_step = randomness.randint(20, 70)
+    crash_step = randomness.randint(20, 60)
     training.wait_step(crash_step)
     running = jobs.job(training.job_id)
     assert len(running.nodes) == 4

@@ -66,3 +66,14 @@ def test_survivors_save_tells_a_written_checkpoint_from_a_periodic_one_already_t
     assert survivors_save([checkpoint("periodic", 60), exists]) is None
     assert survivors_save([exists, checkpoint("triggered", 80)]) == (80, "triggered")
     assert survivors_save([checkpoint("triggered", 80, run=1)]) is None
+
+
+def test_the_cluster_is_held_by_one_session_at_a_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(cluster, "LOCK_PATH", tmp_path / "cluster.lock")
+    with cluster.exclusive_use("make demo"):
+        with pytest.raises(ClusterHarnessError, match=r"in use by make demo \(pid \d+\): run "
+                           r"a test session again"):
+            with cluster.exclusive_use("a test session"):
+                pass
+    with cluster.exclusive_use("a test session"):  # released: free again
+        pass
