@@ -1,5 +1,7 @@
 """The pure parts of the docker-slurm harness."""
 
+import subprocess
+
 import pytest
 
 from slurmkit.errors import ClusterHarnessError
@@ -77,3 +79,20 @@ def test_the_cluster_is_held_by_one_session_at_a_time(tmp_path, monkeypatch):
                 pass
     with cluster.exclusive_use("a test session"):  # released: free again
         pass
+
+
+def test_nodes_set_down_are_read_from_the_controller_log(monkeypatch):
+    log = ("[2026-11-28T14:27:16.005] error: Nodes c[2-4] not responding, setting DOWN\n"
+           "[2026-11-28T14:27:16.006] node_did_resp: node c3 returned to service\n"
+           "[2026-11-28T14:29:09.007] error: Nodes c1 not responding, setting DOWN\n"
+           "[2026-11-28T14:29:10.000] error: Nodes c2 not responding\n")
+    calls = []
+
+    def fake_exec(node, argv, **kwargs):
+        calls.append((node, argv))
+        return subprocess.CompletedProcess(argv, 0, stdout=log, stderr="")
+
+    harness = cluster.Cluster()
+    monkeypatch.setattr(harness, "exec", fake_exec)
+    assert harness.set_down_since(41) == {"c1", "c2", "c3", "c4"}
+    assert calls == [("ctl", ["tail", "-n", "+42", "/var/log/slurm/slurmctld.log"])]
