@@ -177,3 +177,26 @@ def test_events_record_runs(tmp_path):
     event = [e for e in store.read_events(tmp_path) if e["event"] == "checkpoint"][0]
     assert (event["run"], event["job_id"], event["kind"]) == (3, "42", "final")
     assert json.loads((tmp_path / "step-00000001" / "manifest.json").read_text())["run"] == 3
+
+
+def test_a_large_snapshot_is_copied_exactly_in_parallel_chunks(monkeypatch):
+    from slurmkit.ckpt import manager
+
+    # Small thresholds, so that a few KiB take the chunked, threaded path.
+    monkeypatch.setattr(manager, "PARALLEL_COPY_MIN_BYTES", 1024)
+    monkeypatch.setattr(manager, "_COPY_CHUNK_BYTES", 1000)  # not a multiple of 8
+    monkeypatch.setattr(manager.os, "cpu_count", lambda: 2)
+    rng = np.random.default_rng(7)
+    state = {"weights": rng.standard_normal((37, 41)),
+             "strided": rng.standard_normal((64, 64))[:, ::3],  # not contiguous
+             "meta": b"step 9"}
+    buffers: dict = {}
+    snapshot = manager.copy_snapshot(state, buffers)
+    assert np.array_equal(snapshot["weights"], state["weights"])
+    assert np.array_equal(snapshot["strided"], state["strided"])
+    assert snapshot["meta"] == b"step 9"
+    state["weights"][0, 0] += 1.0  # the snapshot is a copy, not a view
+    assert snapshot["weights"][0, 0] != state["weights"][0, 0]
+    again = manager.copy_snapshot(state, buffers)
+    assert again["weights"] is snapshot["weights"]  # buffers are reused
+    assert np.array_equal(again["weights"], state["weights"])
