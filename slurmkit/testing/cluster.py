@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -428,11 +429,31 @@ class Cluster:
         # Idempotent: containers whose config (image, mounts) is unchanged are left
         # running; changed ones are re-created.
         self.compose("up", "-d", "--remove-orphans", timeout_s=timeout_s)
+        stale = self.stale_checkout_mounts()
+        if stale:
+            log(f"re-creating {', '.join(stale)}: their /opt/slurmkit is a checkout deleted "
+                "since they started (cloned again at the same path)")
+            self.compose("up", "-d", "--force-recreate", "--remove-orphans", *stale,
+                         timeout_s=timeout_s)
         self.wait_healthy(ALL_NODES, timeout_s=timeout_s)
         self.write_known_hosts()
         self.wait_nodes_up(COMPUTE_NODES, timeout_s=timeout_s)
         log(f"cluster ready in {time.monotonic() - started:.1f} s "
             f"(ssh {self.ssh_target()}, image {self.node_image})")
+
+    def stale_checkout_mounts(self) -> list[str]:
+        """Nodes that do not see this checkout at /opt/slurmkit. A bind mount keeps the
+        directory it was made from: when a checkout is deleted and cloned again at the
+        same path, compose finds the config unchanged and keeps the containers, which
+        then run no slurmkit at all."""
+        if not self.state_dir.is_relative_to(REPO_ROOT):
+            return []  # a state directory outside the checkout is not mounted
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_hex(8)
+        (self.state_dir / "mount-check").write_text(token)
+        seen = f"/opt/slurmkit/{self.state_dir.relative_to(REPO_ROOT)}/mount-check"
+        return [node for node in ALL_NODES
+                if self.exec(node, ["cat", seen], check=False).stdout.strip() != token]
 
     def down(self, *, volumes: bool = False) -> None:
         args = ["down", "--remove-orphans"] + (["--volumes"] if volumes else [])
