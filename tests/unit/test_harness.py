@@ -96,3 +96,19 @@ def test_nodes_set_down_are_read_from_the_controller_log(monkeypatch):
     monkeypatch.setattr(harness, "exec", fake_exec)
     assert harness.set_down_since(41) == {"c1", "c2", "c3", "c4"}
     assert calls == [("ctl", ["tail", "-n", "+42", "/var/log/slurm/slurmctld.log"])]
+
+
+def test_nodes_that_see_a_deleted_checkout_are_found(tmp_path, monkeypatch):
+    monkeypatch.setattr(cluster, "REPO_ROOT", tmp_path)
+    harness = cluster.Cluster(state_dir=tmp_path / "docker-slurm" / ".state")
+    seen = []
+
+    def fake_exec(node, argv, **kwargs):
+        seen.append(argv[-1])
+        # c2 still mounts the deleted directory: it cannot see the new token.
+        token = "" if node == "c2" else (harness.state_dir / "mount-check").read_text()
+        return subprocess.CompletedProcess(argv, 0, stdout=token + "\n", stderr="")
+
+    monkeypatch.setattr(harness, "exec", fake_exec)
+    assert harness.stale_checkout_mounts() == ["c2"]
+    assert set(seen) == {"/opt/slurmkit/docker-slurm/.state/mount-check"}
