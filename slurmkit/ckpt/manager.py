@@ -71,17 +71,19 @@ def signal_number(name: str | int) -> int:
 PARALLEL_COPY_MIN_BYTES = 64 << 20
 _COPY_CHUNK_BYTES = 16 << 20
 _copy_pool: ThreadPoolExecutor | None = None
+_copy_pool_lock = threading.Lock()  # the trainer's and the watcher's thread may both copy
 
 
 def _copy_in_parallel(pairs: list[tuple[np.ndarray, np.ndarray]]) -> None:
     """np.copyto releases the GIL: one thread copies at about 9 GB/s here, which made
     the stall of a 1 GiB snapshot 0.12 s; chunks on 2+ threads take 0.076 s."""
     global _copy_pool
-    if _copy_pool is None:
-        # Created by the trainer's or the watcher's thread, after the Checkpointer has
-        # blocked the checkpoint signals: the workers inherit that mask.
-        _copy_pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
-                                        thread_name_prefix="ckpt-copy")
+    with _copy_pool_lock:
+        if _copy_pool is None:
+            # Created by the trainer's or the watcher's thread, after the Checkpointer
+            # has blocked the checkpoint signals: the workers inherit that mask.
+            _copy_pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
+                                            thread_name_prefix="ckpt-copy")
     chunks = []
     for buffer, value in pairs:
         if not value.flags.c_contiguous:

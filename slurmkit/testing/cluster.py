@@ -103,9 +103,6 @@ def _run(argv: Sequence[str], *, check: bool = True, capture: bool = True,
     return result
 
 
-# ------------------------------------------------------------------- images
-
-
 @contextlib.contextmanager
 def exclusive_use(purpose: str) -> Iterator[None]:
     """Hold the cluster for a test session, the demo or the campaign: each crashes
@@ -125,6 +122,9 @@ def exclusive_use(purpose: str) -> Iterator[None]:
         lock.write(f"{purpose} (pid {os.getpid()})")
         lock.flush()
         yield
+
+
+# ------------------------------------------------------------------- images
 
 
 def apt_mirror(sources_dir: Path = Path("/etc/apt")) -> str:

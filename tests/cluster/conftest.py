@@ -24,6 +24,7 @@ from slurmkit.testing.cluster import (
     exclusive_use,
     wait_until,
 )
+from slurmkit.topology.model import parse_topology
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the group markers
@@ -235,3 +236,10 @@ exclusive = true
 output = "/dev/null"
 """)
     return path
+
+
+@pytest.fixture(scope="session")
+def leaf_of(cluster) -> dict[str, str]:
+    """node -> leaf switch, from the cluster's own topology.conf."""
+    text = cluster.exec("ctl", ["cat", "/etc/slurm/topology.conf"]).stdout
+    return parse_topology(text, "topology.conf").leaf_of

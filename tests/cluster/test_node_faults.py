@@ -6,14 +6,13 @@ import time
 
 from slurmkit.slurm.hostlist import expand
 from slurmkit.testing.cluster import COMPUTE_NODES, wait_until
-from slurmkit.topology.model import parse_topology
 
 _SLEEPER = "#!/bin/bash\nsrun sleep 600\n"
 _DEAD = {"DOWN", "NOT_RESPONDING"}
 
 
 def test_failed_nodes_fail_their_jobs_per_their_flags_come_back_and_are_avoided(
-        cluster, slurm, jobs, spec_path):
+        cluster, slurm, jobs, spec_path, leaf_of):
     requeueable = jobs.submit(_SLEEPER, ["-N2", "--requeue", "-J", "survivor"])
     running = jobs.wait_state(requeueable, {"RUNNING"})
     victim = running.nodes[-1]
@@ -72,18 +71,13 @@ def test_failed_nodes_fail_their_jobs_per_their_flags_come_back_and_are_avoided(
 
     # slurmkit submit remembers the failure: the node is back in service, but a
     # two-node job is placed on the other leaf and the node is excluded outright.
-    jobs.client.cancel([requeueable])
-    wait_until("the requeued job to leave the queue", lambda: not [
-        job for job in jobs.client.jobs(job_ids=[requeueable])
-        if job.state in ("PENDING", "RUNNING", "COMPLETING")], timeout_s=60)
+    jobs.cancel_all()
     since = f"now-{int(time.monotonic() - crashed_at) + 5}seconds"  # this crash only
     result = cluster.exec("login", ["slurmkit", "submit", spec_path, "--json", "--explain",
                                     "--health-since", since], user="alice", check=False)
     assert result.returncode == 0, result.stderr
     submitted = json.loads(result.stdout)
     jobs.job_ids.append(submitted["job_id"])
-    leaf_of = parse_topology(cluster.exec("ctl", ["cat", "/etc/slurm/topology.conf"]).stdout,
-                             "topology.conf").leaf_of
     other_leaf = sorted(node for node, leaf in leaf_of.items() if leaf != leaf_of[victim])
     assert submitted["placement"]["exclude"] == victim
     assert list(expand(submitted["placement"]["nodelist"])) == other_leaf

@@ -5,20 +5,10 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 from slurmkit.render import sbatch_quote
 from slurmkit.testing.cluster import wait_until
-from slurmkit.topology.model import parse_topology
 
 BLOCKER = "#!/bin/bash\nsleep 300\n"
-
-
-@pytest.fixture(scope="module")
-def leaf_of(cluster):
-    """node -> leaf switch, from the cluster's own topology.conf."""
-    text = cluster.exec("ctl", ["cat", "/etc/slurm/topology.conf"]).stdout
-    return parse_topology(text, "topology.conf").leaf_of
 
 
 def submit_in_login(cluster, *args) -> dict:
