@@ -15,8 +15,8 @@ PARALLEL := -n 2 --dist loadgroup
 .DEFAULT_GOAL := help
 
 .PHONY: host-deps
-.PHONY: help venv test test-unit test-cluster demo cluster-up cluster-down cluster-clean \
-        cluster-status bench lint campaign
+.PHONY: help venv test test-unit test-cluster test-torch demo cluster-up cluster-down cluster-clean \
+        cluster-status bench lint campaign mutation
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -30,24 +30,37 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed ## Create .venv with slurmkit and its dev dependencies
 
-host-deps: ## Host tools the tests use (headless Chromium for the HTML report test)
+host-deps: ## Host tools the tests use (headless Chromium for the HTML report test, a C compiler, Lua 5.1)
 	@command -v chromium >/dev/null || { echo "installing chromium (the HTML report test)"; \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null; }
+	@command -v cc >/dev/null || { echo "installing gcc (the SPANK plugin's unit test)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends gcc libc6-dev >/dev/null; }
+	@command -v lua5.1 >/dev/null || { echo "installing lua5.1 (the Lua policy's unit test: job_submit/lua embeds Lua 5.1)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends lua5.1 >/dev/null; }
+
+# The PyTorch jobs' cluster scenarios (tests/cluster/test_torch.py) take ~5 minutes
+# on 2 cores: they run with `make test-torch`, not in `make test`, which must stay
+# near 10 minutes (the torch code itself is checked in `make test`, in the node image).
+TORCH_CLUSTER_TESTS := tests/cluster/test_torch.py
 
 test: $(VENV)/.installed host-deps ## Run every test (builds and starts the cluster when needed)
 	$(PY) -m slurmkit.testing.cluster up
-	$(PY) -m pytest tests $(PARALLEL) $(PYTEST_ARGS)
+	$(PY) -m pytest tests --ignore=$(TORCH_CLUSTER_TESTS) $(PARALLEL) $(PYTEST_ARGS)
+
+test-torch: $(VENV)/.installed ## The PyTorch jobs on the cluster (DDP/FSDP2 losing a node; ~5 min; not in `make test`)
+	$(PY) -m slurmkit.testing.cluster up
+	$(PY) -m pytest $(TORCH_CLUSTER_TESTS) -n 1 $(PYTEST_ARGS)
 
 test-unit: $(VENV)/.installed host-deps ## Run the unit tests only (no Slurm needed)
 	$(PY) -m pytest tests/unit $(PARALLEL) $(PYTEST_ARGS)
 
 test-cluster: $(VENV)/.installed ## Run the cluster tests only
 	$(PY) -m slurmkit.testing.cluster up
-	$(PY) -m pytest tests/cluster $(PYTEST_ARGS)
+	$(PY) -m pytest tests/cluster --ignore=$(TORCH_CLUSTER_TESTS) $(PYTEST_ARGS)
 
-demo: $(VENV)/.installed ## Bring the cluster up and run the main job end to end
+demo: $(VENV)/.installed ## Bring the cluster up and run the main job end to end (DEMO=torch: the PyTorch DDP job)
 	$(PY) -m slurmkit.testing.cluster up
-	$(PY) -m slurmkit.testing.demo
+	DEMO="$(DEMO)" $(PY) -m slurmkit.testing.demo
 
 cluster-up: $(VENV)/.installed ## Build what is missing, start the cluster, wait until ready
 	$(PY) -m slurmkit.testing.cluster up
@@ -61,12 +74,16 @@ cluster-down: $(VENV)/.installed ## Stop and remove the containers (keeps volume
 cluster-clean: $(VENV)/.installed ## Remove the containers and every volume (state, accounting)
 	$(PY) -m slurmkit.testing.cluster down --volumes
 
-campaign: $(VENV)/.installed ## Fault campaign: >= 20 randomized failures (~1 h; not in `make test`)
+campaign: $(VENV)/.installed ## Fault campaign at Slurm's default timeouts: 20 in-place faults + a requeue baseline (~35 min; not in `make test`)
 	$(PY) -m slurmkit.testing.cluster up
 	$(PY) -m slurmkit.testing.campaign $(CAMPAIGN_ARGS)
+
+mutation: $(VENV)/.installed ## Mutation testing of the pure core (mutmut; unit tests only, ~N min; not in `make test`)
+	$(PY) -m slurmkit.testing.mutation $(MUTATION_ARGS)
 
 lint: $(VENV)/.installed ## Static checks (ruff: pyflakes, bugbear, imports)
 	$(VENV)/bin/ruff check --select F,E9,B,I --line-length 100 slurmkit tests bench
 
-bench: $(VENV)/.installed ## Run every benchmark in bench/ (one JSON line each)
+bench: $(VENV)/.installed ## Run every benchmark in bench/ (one JSON line each; brings the cluster up)
+	$(PY) -m slurmkit.testing.cluster up
 	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done

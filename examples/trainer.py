@@ -79,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     run = int(env.get("SLURM_RESTART_COUNT", 0) or 0)
     ranks_per_node = max(1, world // max(1, int(env.get("SLURM_NNODES", 1))))
     master = env.get("MASTER_ADDR", "127.0.0.1")
-    port = int(env.get("MASTER_PORT", "29500")) + run % 1000  # a fresh port per run
+    attempt = int(env.get("SLURMKIT_ATTEMPT", 0) or 0)
+    # A fresh port per run (requeue); slurmkit.launch hands each attempt its own.
+    port = int(env.get("MASTER_PORT", "29500")) + (0 if "SLURMKIT_ATTEMPT" in env
+                                                   else run % 1000)
 
     def say(text: str) -> None:
         if rank == 0:
@@ -91,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     layout = plan(world, gpus_per_node=ranks_per_node, model_gb=args.dim * 16 / 1e9,
                   gpu_memory_gb=1.0, global_batch=args.global_batch,
                   micro_batch=args.micro_batch)
-    say(f"start ranks={world} nodes={env.get('SLURM_JOB_NODELIST', socket.gethostname())} "
+    nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", socket.gethostname())
+    say(f"start attempt={attempt} ranks={world} nodes={nodes} "
         f"layout tp={layout.tp} pp={layout.pp} dp={layout.dp} "
         f"grad_accum={layout.grad_accum} micro_batch={layout.micro_batch}")
     if rank == 0:

@@ -12,11 +12,16 @@
  * Failure rules (FailMode= in job_submit_python.conf, default "closed"):
  *  - Python or the policy cannot be loaded at start: slurmctld still starts. closed:
  *    every submission is rejected with a message naming the cause; open: accepted
- *    unchanged. Operators (uid 0 and SlurmUser) are always accepted.
- *  - the policy raises, returns something malformed, or asks for an invalid change:
- *    the error and traceback go to slurmctld's log; closed: that job is rejected
- *    with a message; open: accepted unchanged.
- *  - a reload fails: the previous policy keeps serving (no fail mode involved).
+ *    unchanged. Submissions by uid 0 are always accepted whatever the fail mode (the
+ *    policy's own operator list, e.g. SlurmUser, applies only while it runs).
+ *  - the policy raises, returns something malformed, or asks for an invalid change,
+ *    or the job cannot be handed to it (a Python object cannot be built): the error
+ *    and traceback go to slurmctld's log; closed: that job is rejected with a message;
+ *    open: accepted unchanged. A policy that answers "reject" is always obeyed, even
+ *    when its message cannot be read (a generic message is sent instead).
+ *  - a reload fails (the module, or the configuration it reads): the previous policy
+ *    keeps serving (no fail mode involved); the files_changed hook's errors are logged
+ *    and never reach a job.
  *  - nothing Python does can exit slurmctld: SystemExit is caught like any other
  *    exception, PyErr_Print is never called, Python installs no signal handlers.
  *
@@ -251,8 +256,10 @@ static void take_exception(char *summary, size_t size)
 		PyObject *repr = PyObject_Str(value);
 		const char *name = kind ? ((PyTypeObject *) kind)->tp_name : "Exception";
 		if (repr) {
-			snprintf(summary, size, "%s: %s", name, PyUnicode_AsUTF8(repr) ?
-				 PyUnicode_AsUTF8(repr) : "?");
+			const char *utf8 = PyUnicode_AsUTF8(repr);
+			if (!utf8)
+				PyErr_Clear(); /* e.g. a lone surrogate in the message */
+			snprintf(summary, size, "%s: %s", name, utf8 ? utf8 : "?");
 			Py_DECREF(repr);
 		} else {
 			snprintf(summary, size, "%s", name);
@@ -263,10 +270,10 @@ static void take_exception(char *summary, size_t size)
 		text = PyObject_CallFunctionObjArgs(formatter, kind,
 						    value ? value : Py_None,
 						    tb ? tb : Py_None, NULL);
-	if (text && PyUnicode_Check(text))
-		slurm_error(LOG_PREFIX "%s", PyUnicode_AsUTF8(text));
-	else
-		slurm_error(LOG_PREFIX "%s", summary);
+	{
+		const char *utf8 = (text && PyUnicode_Check(text)) ? PyUnicode_AsUTF8(text) : NULL;
+		slurm_error(LOG_PREFIX "%s", utf8 ? utf8 : summary);
+	}
 	PyErr_Clear();
 	Py_XDECREF(text);
 	Py_XDECREF(kind);
@@ -327,7 +334,13 @@ static int start_python(void)
 		}
 	}
 	globals = PyDict_New();
-	PyDict_SetItemString(globals, "__builtins__", PyEval_GetBuiltins());
+	if (!globals ||
+	    PyDict_SetItemString(globals, "__builtins__", PyEval_GetBuiltins()) < 0) {
+		take_exception(load_error, sizeof(load_error));
+		Py_XDECREF(globals);
+		PyEval_SaveThread();
+		return -1;
+	}
 	PyObject *ran = PyRun_String(helpers_source, Py_file_input, globals, globals);
 	if (!ran) {
 		take_exception(load_error, sizeof(load_error));
@@ -347,6 +360,11 @@ static int start_python(void)
 	Py_XINCREF(loader);
 	Py_XINCREF(formatter);
 	Py_DECREF(globals);
+	if (!loader) {
+		snprintf(load_error, sizeof(load_error), "the shim's Python helpers did not load");
+		PyEval_SaveThread();
+		return -1;
+	}
 	/* Release the GIL; every call takes it with its thread's own state. The
 	 * initialising thread's state is never freed by the key's destructor. */
 	thread_state = PyEval_SaveThread();
@@ -368,13 +386,18 @@ static void destroy_thread_state(void *state)
 	pthread_mutex_unlock(&policy_lock);
 }
 
-static void enter_python(void)
+/* Take the GIL with this thread's state. Returns -1 (no GIL taken) when no thread
+ * state can be created (out of memory): the caller applies the fail mode. */
+static int enter_python(void)
 {
 	if (!thread_state) {
 		thread_state = PyThreadState_New(PyInterpreterState_Main());
+		if (!thread_state)
+			return -1;
 		pthread_setspecific(thread_state_key, thread_state);
 	}
 	PyEval_RestoreThread(thread_state);
+	return 0;
 }
 
 static void leave_python(void)
@@ -490,9 +513,12 @@ int init(void)
 		return SLURM_SUCCESS; /* slurmctld must start: the fail mode applies */
 	}
 	pthread_mutex_lock(&policy_lock);
-	enter_python();
-	load_if_changed();
-	leave_python();
+	if (enter_python() == 0) {
+		load_if_changed();
+		leave_python();
+	} else {
+		snprintf(load_error, sizeof(load_error), "no Python thread state (out of memory)");
+	}
 	pthread_mutex_unlock(&policy_lock);
 	return SLURM_SUCCESS;
 }
@@ -514,7 +540,8 @@ enum {
 	K_TRES_PER_JOB, K_TRES_PER_NODE, K_TRES_PER_SOCKET, K_TRES_PER_TASK, K_WCKEY,
 	K_WORK_DIR, K_GROUP_ID, K_JOB_ID, K_MAX_NODES, K_MIN_NODES, K_NUM_TASKS, K_PRIORITY,
 	K_TIME_LIMIT, K_TIME_MIN, K_USER_ID, K_CPUS_PER_TASK, K_NTASKS_PER_NODE, K_REQUEUE,
-	K_WARN_FLAGS, K_WARN_SIGNAL, K_WARN_TIME, K_NICE, K_BATCH, K_COUNT
+	K_WARN_FLAGS, K_WARN_SIGNAL, K_WARN_TIME, K_NICE, K_BATCH, K_SOCKETS_PER_NODE,
+	K_NTASKS_PER_SOCKET, K_NTASKS_PER_TRES, K_COUNT
 };
 static const char *key_names[K_COUNT] = {
 	"account", "array_inx", "comment", "dependency", "exc_nodes", "features",
@@ -522,7 +549,8 @@ static const char *key_names[K_COUNT] = {
 	"tres_per_job", "tres_per_node", "tres_per_socket", "tres_per_task", "wckey",
 	"work_dir", "group_id", "job_id", "max_nodes", "min_nodes", "num_tasks", "priority",
 	"time_limit", "time_min", "user_id", "cpus_per_task", "ntasks_per_node", "requeue",
-	"warn_flags", "warn_signal", "warn_time", "nice", "batch",
+	"warn_flags", "warn_signal", "warn_time", "nice", "batch", "sockets_per_node",
+	"ntasks_per_socket", "ntasks_per_tres",
 };
 static PyObject *keys[K_COUNT];
 
@@ -534,14 +562,17 @@ static int make_keys(void)
 	return 0;
 }
 
-static void put(PyObject *dict, int key, PyObject *value)
+/* Store one field; returns -1 with a Python exception set when the value could not
+ * be built or stored. A field that cannot be converted must not reach the policy as
+ * None ("not requested"): that would price a job without its GPU request. */
+static int put(PyObject *dict, int key, PyObject *value)
 {
-	if (!value) {
-		PyErr_Clear();
-		value = Py_NewRef(Py_None);
-	}
-	PyDict_SetItem(dict, keys[key], value);
+	int rc;
+	if (!value)
+		return -1;
+	rc = PyDict_SetItem(dict, keys[key], value);
 	Py_DECREF(value);
+	return rc;
 }
 
 static PyObject *str_or_none(const char *text)
@@ -570,12 +601,16 @@ static PyObject *u16_or_none(uint16_t value)
 	return value == NO_VAL16 ? Py_NewRef(Py_None) : PyLong_FromUnsignedLong(value);
 }
 
-#define PUT_STR(key, field) put(dict, key, str_or_none(job_desc->field))
-#define PUT_U32(key, field) put(dict, key, u32_or_none(job_desc->field))
-#define PUT_U16(key, field) put(dict, key, u16_or_none(job_desc->field))
+/* After a failure nothing more is built (no Python call with an exception pending). */
+#define PUT(key, expr) do { if (!failed && put(dict, key, (expr)) < 0) failed = 1; } while (0)
+#define PUT_STR(key, field) PUT(key, str_or_none(job_desc->field))
+#define PUT_U32(key, field) PUT(key, u32_or_none(job_desc->field))
+#define PUT_U16(key, field) PUT(key, u16_or_none(job_desc->field))
 
+/* The job as a dict, or NULL with a Python exception set (the fail mode applies). */
 static PyObject *job_desc_dict(const job_desc_msg_t *job_desc)
 {
+	int failed = 0;
 	PyObject *dict = PyDict_New();
 	if (!dict)
 		return NULL;
@@ -613,9 +648,18 @@ static PyObject *job_desc_dict(const job_desc_msg_t *job_desc)
 	PUT_U16(K_WARN_FLAGS, warn_flags);
 	PUT_U16(K_WARN_SIGNAL, warn_signal);
 	PUT_U16(K_WARN_TIME, warn_time);
-	put(dict, K_NICE, job_desc->nice == NO_VAL ? Py_NewRef(Py_None) :
+	PUT_U16(K_SOCKETS_PER_NODE, sockets_per_node);
+	PUT_U16(K_NTASKS_PER_SOCKET, ntasks_per_socket);
+	PUT_U16(K_NTASKS_PER_TRES, ntasks_per_tres);
+	PUT(K_NICE, job_desc->nice == NO_VAL ? Py_NewRef(Py_None) :
 	    PyLong_FromLong((long) job_desc->nice - (long) NICE_OFFSET));
-	put(dict, K_BATCH, PyBool_FromLong(job_desc->script != NULL));
+	PUT(K_BATCH, PyBool_FromLong(job_desc->script != NULL));
+	if (failed) {
+		Py_DECREF(dict);
+		if (!PyErr_Occurred())
+			PyErr_SetString(PyExc_RuntimeError, "cannot convert the job description");
+		return NULL;
+	}
 	return dict;
 }
 
@@ -723,8 +767,13 @@ static int apply_result(job_desc_msg_t *job_desc, PyObject *result, char **err_m
 	if (message && message != Py_None) {
 		if (!PyUnicode_Check(message) || !(message_text = PyUnicode_AsUTF8(message))) {
 			PyErr_Clear();
-			snprintf(why, size, "the policy's message is not a string");
-			return -2;
+			message_text = NULL;
+			if (strcmp(action_text, "reject")) {
+				snprintf(why, size, "the policy's message is not a string");
+				return -2;
+			}
+			/* A rejection stands whatever its message: never fail open on it. */
+			slurm_error(LOG_PREFIX "the policy rejected a job with an unreadable message");
 		}
 	}
 	if (!strcmp(action_text, "reject")) {
@@ -811,7 +860,12 @@ static int call_policy(const char *function, job_desc_msg_t *job_desc,
 			return SLURM_SUCCESS;
 		return fail_mode("Python", load_error, err_msg);
 	}
-	enter_python();
+	if (enter_python() != 0) {
+		pthread_mutex_unlock(&policy_lock);
+		if (submit_uid == 0)
+			return SLURM_SUCCESS;
+		return fail_mode("Python", "no Python thread state (out of memory)", err_msg);
+	}
 	if (files_changed() || !policy_module) {
 		load_if_changed();
 		notify_module();
@@ -825,10 +879,12 @@ static int call_policy(const char *function, job_desc_msg_t *job_desc,
 			return SLURM_SUCCESS;
 		return fail_mode("policy not loaded", reason, err_msg);
 	}
+	/* Each step runs only if the previous one succeeded, so that a pending exception
+	 * is never carried into another call; take_exception() reports the first. */
 	dict = job_desc_dict(job_desc);
-	callable = PyObject_GetAttrString(policy_module, function);
-	uid = PyLong_FromUnsignedLong(submit_uid);
-	if (dict && callable && uid)
+	callable = dict ? PyObject_GetAttrString(policy_module, function) : NULL;
+	uid = callable ? PyLong_FromUnsignedLong(submit_uid) : NULL;
+	if (uid)
 		result = PyObject_CallFunctionObjArgs(callable, dict, uid, NULL);
 	Py_XDECREF(dict);
 	Py_XDECREF(callable);

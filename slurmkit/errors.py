@@ -99,3 +99,8 @@ class HostKeyUnknownError(RemoteError):
 
 class ClusterHarnessError(SlurmkitError):
     """The docker-slurm test cluster could not be built, started or changed."""
+
+
+class RouterError(SlurmkitError):
+    """HAProxy, the router of a `slurmkit serve` service, refused a command or did not
+    answer."""

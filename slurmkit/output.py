@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -38,9 +39,26 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+#: What a terminal may act on: C0 and C1 controls (ESC starts CSI/OSC sequences, and
+#: U+009B is CSI on its own), DEL, and the bidirectional overrides that reorder text.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def escape(text: str) -> str:
+    """Text safe to print on a terminal: every control character written as its
+    escape (``\\n``, ``\\x1b``, ``\\u202e``), everything else unchanged. Every
+    human-facing output passes values from Slurm or users through this."""
+    if not _CONTROL.search(text):
+        return text
+    return _CONTROL.sub(lambda match: _NAMED.get(match[0]) or (
+        f"\\x{ord(match[0]):02x}" if ord(match[0]) < 0x100 else f"\\u{ord(match[0]):04x}"),
+        text)
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, (tuple, list, frozenset, set)):
-        return ",".join(str(item) for item in value)
-    return str(value).replace("\n", "\\n")
+        return escape(",".join(str(item) for item in value))
+    return escape(str(value))

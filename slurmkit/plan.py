@@ -14,10 +14,20 @@ lays ranks out so that each pipeline group sits under as few leaf switches as po
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from slurmkit.errors import UserInputError
+
+#: Bounds on every size that reaches a loop: far above any cluster (10 million GPUs,
+#: a 1024-GPU node, a billion-sample batch), far below what would hang the planner.
+MAX_GPUS = 10_000_000
+MAX_GPUS_PER_NODE = 1024
+MAX_BATCH = 1_000_000_000
+MAX_PP = 1024
+MAX_LAYERS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -43,7 +53,16 @@ class Layout:
 
 
 def _divisors(number: int) -> list[int]:
-    return [d for d in range(1, number + 1) if number % d == 0]
+    """Sorted divisors, in O(sqrt(number))."""
+    small, large = [], []
+    d = 1
+    while d * d <= number:
+        if number % d == 0:
+            small.append(d)
+            if d * d != number:
+                large.append(number // d)
+        d += 1
+    return small + large[::-1]
 
 
 def plan(gpus: int, *, gpus_per_node: int, model_gb: float, gpu_memory_gb: float,
@@ -54,14 +73,21 @@ def plan(gpus: int, *, gpus_per_node: int, model_gb: float, gpu_memory_gb: float
     kept for activations. Raises UserInputError when the model cannot fit or the
     global batch cannot be kept."""
     problems = []
-    for name, value in (("gpus", gpus), ("gpus_per_node", gpus_per_node),
-                        ("global_batch", global_batch), ("micro_batch", micro_batch)):
-        if not isinstance(value, int) or value < 1:
-            problems.append(f"{name} must be a positive integer, not {value!r}")
-    if not 0 <= memory_reserve < 1:
+    for name, value, high in (("gpus", gpus, MAX_GPUS),
+                              ("gpus_per_node", gpus_per_node, MAX_GPUS_PER_NODE),
+                              ("global_batch", global_batch, MAX_BATCH),
+                              ("micro_batch", micro_batch, MAX_BATCH),
+                              ("max_pp", max_pp, MAX_PP),
+                              ("max_tp", max_tp or 1, MAX_GPUS_PER_NODE),
+                              ("layers", layers or 1, MAX_LAYERS)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+            problems.append(f"{name} must be an integer from 1 to {high}, not {value!r}")
+    if not isinstance(memory_reserve, (int, float)) or not 0 <= memory_reserve < 1:
         problems.append("memory_reserve must be in [0, 1)")
-    if model_gb <= 0 or gpu_memory_gb <= 0:
-        problems.append("model_gb and gpu_memory_gb must be positive")
+    for name, value in (("model_gb", model_gb), ("gpu_memory_gb", gpu_memory_gb)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value) or not 0 < value <= 1e12:
+            problems.append(f"{name} must be a positive finite number, not {value!r}")
     if problems:
         raise UserInputError("cannot plan: " + "; ".join(problems))
     usable_gb = gpu_memory_gb * (1 - memory_reserve)
@@ -84,12 +110,14 @@ def plan(gpus: int, *, gpus_per_node: int, model_gb: float, gpu_memory_gb: float
         raise UserInputError(f"global_batch {global_batch} is not a multiple of "
                              f"micro_batch {micro_batch}")
     micro_batches = global_batch // micro_batch
+    dp_choices = _divisors(micro_batches)  # dp must divide the micro-batches
     best: tuple[tuple[int, int, int], Layout] | None = None
     for model_parallel, pp, tp in candidates:
-        dp = next((d for d in range(gpus // model_parallel, 0, -1) if micro_batches % d == 0),
-                  None)
-        if dp is None:
+        # The largest dp that fits the GPUs left: one bisection, not a scan of them.
+        fits = bisect.bisect_right(dp_choices, gpus // model_parallel)
+        if not fits:
             continue
+        dp = dp_choices[fits - 1]
         layout = Layout(gpus, tp, pp, dp, micro_batch, micro_batches // dp, global_batch)
         # Useful work: busy GPUs minus the pipeline bubble of a 1F1B schedule,
         # (pp - 1) / (grad_accum + pp - 1); then the least model parallelism.

@@ -112,7 +112,7 @@ def environment(extra_dirs: Sequence[Path | str] = ()):
     import jinja2
 
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader([str(path) for path in template_dirs(extra_dirs)]),
+        loader=_bounded_loader([str(path) for path in template_dirs(extra_dirs)]),
         bytecode_cache=_bytecode_cache(),
         undefined=jinja2.StrictUndefined,
         autoescape=False,  # shell, not HTML: quoting is the filters' job
@@ -124,6 +124,42 @@ def environment(extra_dirs: Sequence[Path | str] = ()):
                        sbatch_option=sbatch_option, env_name=env_name, number=number,
                        percent_literal=percent_literal)
     return env
+
+
+#: A template is a few KB; a site's or user's template directory may hold anything.
+MAX_TEMPLATE_BYTES = 1 << 20
+
+
+def _bounded_loader(searchpath: list[str]):
+    """Jinja2's FileSystemLoader, reading through ``slurmkit.files``: a template that is
+    a FIFO, a device, a symlink loop, bad UTF-8 or over 1 MiB is an error naming it
+    (FileSystemLoader would skip a FIFO silently and read any size)."""
+    import jinja2
+    from jinja2.loaders import split_template_path
+
+    from slurmkit import files
+
+    class BoundedLoader(jinja2.FileSystemLoader):
+        def get_source(self, environment, template):
+            pieces = split_template_path(template)
+            for directory in self.searchpath:
+                filename = os.path.join(directory, *pieces)
+                if os.path.lexists(filename):
+                    break
+            else:
+                raise jinja2.TemplateNotFound(template)
+            text = files.read_text(filename, "template", max_bytes=MAX_TEMPLATE_BYTES)
+            mtime = os.path.getmtime(filename)
+
+            def uptodate() -> bool:
+                try:
+                    return os.path.getmtime(filename) == mtime
+                except OSError:
+                    return False
+
+            return text, os.path.normpath(filename), uptodate
+
+    return BoundedLoader(searchpath)
 
 
 def _bytecode_cache():
@@ -158,8 +194,9 @@ def sbatch_options(spec: JobSpec, placement: PlacementOptions | None = None
     options: list[tuple[str, str | None]] = [("job-name", spec.job_name)]
     # An elastic job keeps MIN-MAX even when pinned: with --nodelist Slurm allocates
     # exactly the listed nodes now, and a requeued run may still shrink to MIN.
-    nodes = f"{spec.nodes_min}" if not spec.elastic else f"{spec.nodes_min}-{spec.nodes_max}"
-    options.append(("nodes", nodes))
+    # Hot spares are part of the allocation (in-place restarts swap them in).
+    low, high = spec.allocated_nodes_min, spec.allocated_nodes_max
+    options.append(("nodes", f"{low}" if low == high else f"{low}-{high}"))
     if spec.kind == "inference" and spec.replicas:
         options.append(("ntasks", str(spec.replicas)))
     elif spec.kind != "training" or spec.launcher == "srun":
@@ -181,6 +218,10 @@ def sbatch_options(spec: JobSpec, placement: PlacementOptions | None = None
     if spec.exclusive:
         options.append(("exclusive", None))
     options.append(("requeue", None) if spec.requeue else ("no-requeue", None))
+    if spec.kind == "training" and spec.restart == "in-place":
+        # The allocation outlives a lost node: slurmkit.launch restarts the training
+        # step on the survivors instead of Slurm killing (and requeueing) the job.
+        options.append(("no-kill", None))
     if spec.signal:
         options.append(("signal", f"{spec.signal}@{spec.signal_lead_s}"))
     if spec.chdir:
@@ -221,7 +262,16 @@ def render_script(spec: JobSpec, placement: PlacementOptions | None = None, *,
             nproc_per_node=spec.nproc_per_node or spec.gpus_per_node or 1,
         )
     except jinja2.TemplateNotFound:
-        raise UserInputError(f"template {name!r} not found in "
-                             f"{', '.join(map(str, template_dirs(template_dirs_extra)))}") from None
+        searched = ", ".join(map(str, template_dirs(template_dirs_extra)))
+        if PACKAGE_TEMPLATES.is_dir():
+            raise UserInputError(f"template {name!r} not found in {searched}") from None
+        raise UserInputError(  # an installation without its package data
+            f"template {name!r} not found in {searched or 'any template directory'}; "
+            f"slurmkit's own templates ({PACKAGE_TEMPLATES}) are missing: reinstall "
+            "slurmkit") from None
     except jinja2.UndefinedError as error:
         raise RenderError(f"template {name}: {error.message}") from None
+    except jinja2.TemplateSyntaxError as error:
+        raise UserInputError(f"template {error.filename or name} line {error.lineno}: "
+                             f"{error.message}") from None
+

@@ -13,6 +13,13 @@
  * job sets a checkpoint directory (option, or SLURMKIT_CKPT_DIR in its
  * environment) and never for the batch or extern step.
  *
+ * Only tasks still alive and still the processes slurmstepd forked are signalled: a
+ * task is forgotten when its own task_exit runs (slurmstepd reaps a task and calls
+ * task_exit for it before it reaps the next, so a reaped task's pid, free for reuse,
+ * is never signalled), and each pid is checked against the start time recorded at
+ * fork (/proc/PID/stat), through a pidfd where the kernel has one so that the
+ * process checked is the process signalled.
+ *
  * Every entry point dispatches on spank_context(); option callbacks are idempotent
  * (called once per context that sees the option); numbers are parsed with strtol and
  * range checks; log lines start with "slurmkit:".
@@ -26,8 +33,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <slurm/slurm.h>
 #include <slurm/spank.h>
@@ -40,7 +49,12 @@ SPANK_PLUGIN(slurmkit, 1);
 static char ckpt_dir[PATH_MAX];
 static int ckpt_signal = SIGUSR2;
 static int ckpt_signal_given = 0;
-static pid_t task_pids[MAX_LOCAL_TASKS];
+/* One local task of this step (this slurmstepd runs one step). */
+struct task_slot {
+	pid_t pid;                    /* 0: no task, or it has exited */
+	unsigned long long start;     /* its start time (/proc/PID/stat field 22); 0: unknown */
+};
+static struct task_slot tasks[MAX_LOCAL_TASKS];
 static int task_count = 0;
 static int fanned_out = 0;
 
@@ -173,11 +187,78 @@ int slurm_spank_task_init(spank_t sp, int ac, char **av)
 	return 0;
 }
 
-/* slurmstepd, after each task is forked: remember its pid. */
+/* Start time of a process (clock ticks after boot, /proc/PID/stat field 22): with the
+ * pid, it names one process for the life of the system. 0 when it cannot be read (the
+ * process is gone). */
+static unsigned long long process_start(pid_t pid)
+{
+	char path[64], text[1024], *field, *end;
+	unsigned long long start;
+	size_t length;
+	FILE *file;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int) pid);
+	if (!(file = fopen(path, "re")))
+		return 0;
+	length = fread(text, 1, sizeof(text) - 1, file);
+	fclose(file);
+	text[length] = '\0';
+	/* Field 2, the command name, may hold spaces and ')': fields 3.. follow the last ')'. */
+	if (!(field = strrchr(text, ')')))
+		return 0;
+	field++;
+	for (int number = 3; number <= 22; number++) {
+		while (*field == ' ')
+			field++;
+		if (number == 22)
+			break;
+		if (!(field = strchr(field, ' ')))
+			return 0;
+	}
+	errno = 0;
+	start = strtoull(field, &end, 10);
+	if (errno || end == field)
+		return 0;
+	return start;
+}
+
+/* Send sig to the task in slot, only if it is still the process that was forked. */
+static int signal_task(const struct task_slot *slot, int sig)
+{
+	int pidfd = -1, rc;
+	if (slot->pid <= 0 || slot->start == 0) {
+		errno = ESRCH;
+		return -1;
+	}
+#ifdef SYS_pidfd_open
+	/* Pin the process first: whatever happens to the pid after the check below, the
+	 * pidfd still refers to the process that was checked. */
+	pidfd = (int) syscall(SYS_pidfd_open, slot->pid, 0);
+#endif
+	if (process_start(slot->pid) != slot->start) {
+		if (pidfd >= 0)
+			close(pidfd);
+		errno = ESRCH;
+		return -1; /* gone, or the pid now belongs to another process */
+	}
+#ifdef SYS_pidfd_send_signal
+	if (pidfd >= 0) {
+		rc = (int) syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+		close(pidfd);
+		return rc;
+	}
+#endif
+	if (pidfd >= 0)
+		close(pidfd);
+	rc = kill(slot->pid, sig);
+	return rc;
+}
+
+/* slurmstepd, after each task is forked: remember its pid and start time. */
 int slurm_spank_task_post_fork(spank_t sp, int ac, char **av)
 {
 	pid_t pid = 0;
-	uint32_t local_id = 0;
+	int local_id = -1;
 	(void) ac;
 	(void) av;
 	if (spank_context() != S_CTX_REMOTE)
@@ -185,12 +266,28 @@ int slurm_spank_task_post_fork(spank_t sp, int ac, char **av)
 	if (spank_get_item(sp, S_TASK_PID, &pid) != ESPANK_SUCCESS ||
 	    spank_get_item(sp, S_TASK_ID, &local_id) != ESPANK_SUCCESS)
 		return 0;
-	if (local_id < MAX_LOCAL_TASKS) {
-		task_pids[local_id] = pid;
-		if ((int) local_id + 1 > task_count)
-			task_count = (int) local_id + 1;
+	if (local_id >= 0 && local_id < MAX_LOCAL_TASKS && pid > 0) {
+		tasks[local_id].pid = pid;
+		tasks[local_id].start = process_start(pid);
+		if (!tasks[local_id].start)
+			slurm_error("slurmkit: cannot read the start time of task pid %d; it will "
+				    "not receive the checkpoint signal", (int) pid);
+		if (local_id + 1 > task_count)
+			task_count = local_id + 1;
 	}
 	return 0;
+}
+
+/* The task has exited (and been reaped): forget it, its pid may be reused. */
+static void forget_task(spank_t sp, pid_t pid)
+{
+	int local_id = -1;
+	if (spank_get_item(sp, S_TASK_ID, &local_id) == ESPANK_SUCCESS &&
+	    local_id >= 0 && local_id < MAX_LOCAL_TASKS)
+		tasks[local_id].pid = 0;
+	for (int i = 0; pid > 0 && i < task_count; i++)
+		if (tasks[i].pid == pid)
+			tasks[i].pid = 0;
 }
 
 /* slurmstepd, when a task exits: on an abnormal exit, signal its siblings. */
@@ -201,13 +298,17 @@ int slurm_spank_task_exit(spank_t sp, int ac, char **av)
 	int abnormal;
 	(void) ac;
 	(void) av;
-	if (spank_context() != S_CTX_REMOTE || !is_job_step(sp))
+	if (spank_context() != S_CTX_REMOTE)
+		return 0;
+	if (spank_get_item(sp, S_TASK_PID, &pid) != ESPANK_SUCCESS)
+		pid = 0;
+	forget_task(sp, pid); /* first, whatever else happens */
+	if (!is_job_step(sp))
 		return 0;
 	settings_from_job_env(sp);
 	if (!ckpt_dir[0])
 		return 0; /* the job did not ask for checkpoints */
-	if (spank_get_item(sp, S_TASK_EXIT_STATUS, &status) != ESPANK_SUCCESS ||
-	    spank_get_item(sp, S_TASK_PID, &pid) != ESPANK_SUCCESS)
+	if (spank_get_item(sp, S_TASK_EXIT_STATUS, &status) != ESPANK_SUCCESS)
 		return 0;
 	abnormal = WIFSIGNALED(status) ||
 		   (WIFEXITED(status) && WEXITSTATUS(status) != 0 &&
@@ -216,14 +317,12 @@ int slurm_spank_task_exit(spank_t sp, int ac, char **av)
 		return 0;
 	fanned_out = 1; /* once per step: the siblings' own exits must not re-trigger */
 	for (int i = 0; i < task_count; i++) {
-		if (task_pids[i] > 0 && task_pids[i] != pid) {
-			if (kill(task_pids[i], ckpt_signal) == 0)
-				slurm_info("slurmkit: task pid %d died (%s %d); sent signal %d to "
-					   "sibling pid %d", (int) pid,
-					   WIFSIGNALED(status) ? "signal" : "exit",
-					   WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status),
-					   ckpt_signal, (int) task_pids[i]);
-		}
+		if (tasks[i].pid > 0 && signal_task(&tasks[i], ckpt_signal) == 0)
+			slurm_info("slurmkit: task pid %d died (%s %d); sent signal %d to "
+				   "sibling pid %d", (int) pid,
+				   WIFSIGNALED(status) ? "signal" : "exit",
+				   WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status),
+				   ckpt_signal, (int) tasks[i].pid);
 	}
 	return 0;
 }

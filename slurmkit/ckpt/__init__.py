@@ -11,6 +11,9 @@ and asynchronous as a fallback, atomic on disk, verified on restore.
         with ckpt.update(step + 1):     # the only window where the state is inconsistent
             apply(grads)
         ckpt.maybe_checkpoint()
+
+PyTorch jobs (DDP, FSDP2; sharded state, peer replicas, resharding on restore):
+``slurmkit.ckpt.torch_adapter.TorchCheckpointer`` (imports torch; not imported here).
 """
 
 from slurmkit.ckpt.manager import EXIT_REQUEUE, Checkpointer, copy_snapshot, signal_number

@@ -16,6 +16,7 @@ import sys
 import click
 
 from slurmkit import __version__
+from slurmkit.cli._paths import PathArg
 from slurmkit.errors import SlurmkitError
 
 #: command name -> (module, attribute, one-line help shown without importing it)
@@ -27,8 +28,21 @@ _COMMANDS = {
     "policy": ("slurmkit.cli.policy", "policy", "Install, check and simulate the job-submit policy."),
     "goodput": ("slurmkit.cli.goodput", "goodput", "ETTR and badput from accounting (table, JSON, CSV, HTML)."),
     "plan": ("slurmkit.cli.plan", "plan", "Re-plan TP/PP/DP for a number of GPUs."),
+    "serve": ("slurmkit.cli.serve", "serve", "Run an inference service behind HAProxy, scaled with its traffic."),
+    "launch": ("slurmkit.cli.launch", "launch", "Inside a job: run and restart the training in place."),
     "completion": ("slurmkit.cli.completion", "completion", "Print a shell completion script."),
 }
+
+
+def one_line(message: str) -> str:
+    """An error message as one line: lines joined with '; ', control characters
+    escaped (a file name or a Slurm message must not move the cursor or end the line)."""
+    parts = [part.strip() for part in str(message).splitlines() if part.strip()]
+    text = "".join(part + ("" if index == len(parts) - 1 else " " if part.endswith(":")
+                           else "; ") for index, part in enumerate(parts))
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 class SlurmkitClickError(click.ClickException):
@@ -39,12 +53,60 @@ class SlurmkitClickError(click.ClickException):
         self.exit_code = error.exit_code
 
     def show(self, file=None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True, file=file)
+        click.echo(f"error: {one_line(self.format_message())}", err=True, file=file)
+
+
+def _usage_hint(error: click.UsageError) -> str:
+    path = error.ctx.command_path if error.ctx is not None else "slurmkit"
+    return f" (see '{path} --help')"
+
+
+def run_edge(call) -> int:
+    """Run ``call`` (Click in non-standalone mode) and turn every way it can end into
+    one line on stderr and an exit status: 0 done, 1 the world failed, 2 bad input,
+    130 interrupted. Anything else is a bug in slurmkit: said so in one line (the
+    traceback with SLURMKIT_DEBUG=1), exit 1."""
+    debug = bool(os.environ.get("SLURMKIT_DEBUG"))
+    try:
+        result = call()
+        return result if isinstance(result, int) and not isinstance(result, bool) else 0
+    except click.exceptions.Exit as done:
+        return done.exit_code
+    except click.UsageError as error:
+        click.echo(f"error: {one_line(error.format_message())}{_usage_hint(error)}", err=True)
+        return 2
+    except click.ClickException as error:
+        click.echo(f"error: {one_line(error.format_message())}", err=True)
+        return error.exit_code
+    except SlurmkitError as error:  # raised outside a command (e.g. while parsing)
+        if debug:
+            raise
+        click.echo(f"error: {one_line(str(error))}", err=True)
+        return error.exit_code
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("interrupted", err=True)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the last line of defence, named as a bug
+        if debug:
+            raise
+        click.echo(f"error: internal error (a bug in slurmkit): {type(error).__name__}: "
+                   f"{one_line(str(error))[:300]}; run again with SLURMKIT_DEBUG=1 for the "
+                   "traceback and report it", err=True)
+        return 1
 
 
 class LazyGroup(click.Group):
     """A group whose subcommands are imported on first use. Turns SlurmkitError
     into a one-line message and its exit code (tracebacks with SLURMKIT_DEBUG=1)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
+             **extra):
+        """Standalone (the console script, CliRunner): every error is one line
+        ``error: ...`` and an exit status (see ``run_edge``)."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        sys.exit(run_edge(lambda: super(LazyGroup, self).main(
+            args, prog_name or "slurmkit", complete_var, standalone_mode=False, **extra)))
 
     def invoke(self, ctx: click.Context):
         try:
@@ -81,40 +143,29 @@ class LazyGroup(click.Group):
 @click.option("--host", metavar="[USER@]LOGIN[:PORT]", envvar="SLURMKIT_HOST",
               help="Run Slurm commands on this login node through SSH "
                    "(default: on this machine). Env: SLURMKIT_HOST.")
-@click.option("--ssh-key", type=click.Path(dir_okay=False), envvar="SLURMKIT_SSH_KEY",
+@click.option("--ssh-key", type=PathArg(dir_okay=False), envvar="SLURMKIT_SSH_KEY",
               help="Private key for --host (default: ssh-agent and ~/.ssh keys).")
-@click.option("--known-hosts", type=click.Path(dir_okay=False), envvar="SLURMKIT_KNOWN_HOSTS",
+@click.option("--known-hosts", type=PathArg(dir_okay=False), envvar="SLURMKIT_KNOWN_HOSTS",
               help="known_hosts file that must hold the login node's key "
                    "(default: ~/.ssh/known_hosts).")
+@click.option("--replay", "replay_dir", type=PathArg(file_okay=False),
+              envvar="SLURMKIT_REPLAY_DIR", hidden=True,
+              help="Answer Slurm commands from outputs recorded in this directory "
+                   "(its manifest.json); for tests and benchmarks.")
 @click.pass_context
 def cli(ctx: click.Context, host: str | None, ssh_key: str | None,
-        known_hosts: str | None) -> None:
+        known_hosts: str | None, replay_dir: str | None) -> None:
     """slurmkit: topology-aware submission, preemptible GPU queues, triggered
     checkpoints and goodput reports for Slurm."""
     from slurmkit.cli._context import Connection
 
-    ctx.obj = Connection(host=host, ssh_key=ssh_key, known_hosts=known_hosts)
+    if host and replay_dir:
+        raise click.UsageError("--host and --replay (SLURMKIT_REPLAY_DIR) exclude each other")
+    ctx.obj = Connection(host=host, ssh_key=ssh_key, known_hosts=known_hosts,
+                         replay_dir=replay_dir)
     ctx.call_on_close(ctx.obj.close)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: the only place that turns errors into exit codes."""
-    try:
-        cli.main(args=argv, prog_name="slurmkit", standalone_mode=False)
-    except click.exceptions.Exit as done:
-        sys.exit(done.exit_code)
-    except click.ClickException as error:
-        error.show()
-        sys.exit(error.exit_code)
-    except click.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except SlurmkitError as error:  # raised outside a command (e.g. while parsing)
-        if os.environ.get("SLURMKIT_DEBUG"):
-            raise
-        click.echo(f"error: {error}", err=True)
-        sys.exit(error.exit_code)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
-    sys.exit(0)
+    cli.main(args=argv, prog_name="slurmkit")

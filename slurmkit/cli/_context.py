@@ -13,11 +13,21 @@ class Connection:
     host: str | None = None
     ssh_key: str | None = None
     known_hosts: str | None = None
+    replay_dir: str | None = None
     _runner: object = field(default=None, repr=False)
+
+    @property
+    def reaches_slurm(self) -> bool:
+        """True when commands go somewhere other than this machine's PATH."""
+        return bool(self.host or self.replay_dir)
 
     def runner(self):
         if self._runner is None:
-            if self.host:
+            if self.replay_dir:
+                from slurmkit.slurm.runner import ReplayRunner
+
+                self._runner = ReplayRunner(Path(self.replay_dir).expanduser())
+            elif self.host:
                 from slurmkit.slurm.runner import SSHRunner, SSHTarget
 
                 self._runner = SSHRunner(

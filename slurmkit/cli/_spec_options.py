@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import click
 
 from slurmkit import spec as spec_module
@@ -39,76 +41,104 @@ class EnvAssignment(click.ParamType):
             self.fail(f"{value!r}: {error}", param, ctx)
 
 
+class SacctTime(click.ParamType):
+    """A time sacct/sacctmgr understand (``now-1days``, ``2026-01-31T08:00``,
+    ``midnight``), or ``off``: checked to be one plain word before it reaches them."""
+
+    name = "TIME|off"
+
+    def convert(self, value, param, ctx):
+        text = str(value).strip()
+        if not re.fullmatch(r"[A-Za-z0-9:/.+-]{1,64}", text, re.ASCII):
+            self.fail(f"{value!r}: expected a sacct time such as now-1days, "
+                      "2026-01-31T08:00:00 or midnight, or off", param, ctx)
+        return text
+
+
+#: Default lemon threshold (slurmkit.topology.health.DEFAULT_MIN_INCIDENTS; not
+#: imported here to keep start-up light).
+LEMON_FAILURES = 2
+
+
+def health_options(function):
+    """--health-since and --max-node-failures, shared by submit and topology."""
+    function = click.option(
+        "--max-node-failures", default=LEMON_FAILURES, show_default=True,
+        type=click.IntRange(1, 1000),
+        help="Blamed failures in the window that make a node a lemon (avoided and "
+             "excluded). A node that failed once and is back in service is not one.")(function)
+    function = click.option(
+        "--health-since", default="now-1days", show_default=True, type=SacctTime(),
+        help="Count node failures since then (sacct time); 'off' to ignore health.")(function)
+    return function
+
+
+#: Largest --mem, as the spec's mem_per_node_mb allows (1 EiB).
+MAX_MEM_MB = 1 << 40
+
+
 class MemoryMB(click.ParamType):
     """sbatch's --mem spelling (4000, 4000M, 64G, 1T) -> MB."""
 
     name = "SIZE[K|M|G|T]"
 
     def convert(self, value, param, ctx):
-        text = str(value).strip().upper()
+        if isinstance(value, int) and not isinstance(value, bool):
+            text = str(value)
+        else:
+            text = str(value).strip().upper()
         units = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
         number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "M")
-        try:
-            mb = int(float(number) * units[unit])
-        except ValueError:
+        # sbatch takes a decimal number and a unit: no inf, nan, exponents or digits of
+        # other scripts (float() would take all of them).
+        if not re.fullmatch(r"[0-9]{1,16}(\.[0-9]{1,6})?", number):
             self.fail(f"{value!r}: expected a size like 4000, 4000M, 64G", param, ctx)
-        if mb < 1:
-            self.fail(f"{value!r}: must be at least 1M", param, ctx)
+        mb = int(float(number) * units[unit])
+        if not 1 <= mb <= MAX_MEM_MB:
+            self.fail(f"{value!r}: must be between 1M and {MAX_MEM_MB}M", param, ctx)
         return mb
 
 
-#: (flag declarations, spec key, click kwargs)
-SPEC_FLAGS = [
-    (("--kind",), "kind", dict(type=click.Choice(spec_module.KINDS), help="Workload kind.")),
-    (("-J", "--job-name"), "job_name", dict(help="Job name.")),
-    (("-N", "--nodes"), "nodes", dict(type=NodeRange(), help="Nodes: N or elastic MIN-MAX.")),
-    (("-p", "--partition"), "partition", dict(help="Partition(s).")),
-    (("-t", "--time"), "time_limit", dict(type=TimeLimit(), help="Time limit (Slurm format).")),
-    (("-A", "--account"), "account", dict(help="Account (queue). Env: SLURMKIT_ACCOUNT.")),
-    (("-q", "--qos"), "qos", dict(help="QOS. Env: SLURMKIT_QOS.")),
-    (("--gpus-per-node",), "gpus_per_node", dict(type=click.IntRange(0, 64), help="GPUs per node.")),
-    (("--ntasks-per-node",), "ntasks_per_node", dict(type=click.IntRange(1), help="Tasks per node.")),
-    (("-c", "--cpus-per-task"), "cpus_per_task", dict(type=click.IntRange(1), help="CPUs per task.")),
-    (("--mem",), "mem_per_node_mb", dict(type=MemoryMB(), help="Memory per node (sbatch --mem).")),
-    (("--exclusive/--shared",), "exclusive", dict(default=None, help="Whole nodes or shared.")),
-    (("--requeue/--no-requeue",), "requeue", dict(default=None, help="Requeue on failure/preemption.")),
-    (("-o", "--output"), "output", dict(help="Output file (a literal path; % is not a pattern).")),
-    (("-D", "--chdir"), "chdir", dict(help="Working directory of the job.")),
-    (("--constraint",), "constraint", dict(help="Node features.")),
-    (("--signal",), "signal", dict(help="Warning signal before the time limit (never USR1).")),
-    (("--signal-lead",), "signal_lead_s", dict(type=click.IntRange(1), help="Seconds of warning.")),
-    (("--checkpoint-dir",), "checkpoint_dir", dict(help="Checkpoint directory (training).")),
-    (("--launcher",), "launcher", dict(type=click.Choice(spec_module.LAUNCHERS), help="srun or torchrun (training).")),
-    (("--nproc-per-node",), "nproc_per_node", dict(type=click.IntRange(1), help="torchrun processes per node.")),
-    (("--log-dir",), "log_dir", dict(help="Per-run task logs (training).")),
-    (("--replicas",), "replicas", dict(type=click.IntRange(1), help="Service replicas (inference).")),
-    (("--port",), "port", dict(type=click.IntRange(1, 65535), help="Service port (inference).")),
-    (("--array",), "array", dict(help="Array spec, e.g. 0-99%%10 (batch).")),
-    (("--placement",), "placement", dict(type=click.Choice(spec_module.PLACEMENTS), help="auto: topology-aware; none: leave it to Slurm.")),
-]
+def _flag(key: spec_module.Key) -> tuple[tuple[str, ...], dict]:
+    """Click declarations and keyword arguments of a spec key's flag, from the spec's
+    table: the type from its converter (the same bounds and choices), the help from
+    its description."""
+    kwargs: dict = {"help": key.describe()}
+    convert = key.convert
+    if key.flag_type == "memory":
+        kwargs["type"] = MemoryMB()
+    elif convert is spec_module.to_bool:
+        kwargs["default"] = None  # neither flag given: the spec's default
+    elif convert is spec_module.env_table:
+        kwargs.update(type=EnvAssignment(), multiple=True)
+    elif convert is spec_module.parse_nodes:
+        kwargs["type"] = NodeRange()
+    elif convert is spec_module.parse_time_limit:
+        kwargs["type"] = TimeLimit()
+    elif isinstance(convert, spec_module.IntRange):
+        kwargs["type"] = click.IntRange(convert.low, convert.high)
+    elif isinstance(convert, spec_module.Choice):
+        kwargs["type"] = click.Choice(convert.choices)
+    return (*key.flags, key.name), kwargs
+
+
+#: (declarations with the parameter name last, click kwargs), one per spec key with flags
+SPEC_FLAGS = [_flag(key) for key in spec_module.KEYS.values() if key.flags]
 
 
 def spec_flags(function):
-    """Add every spec flag, plus --export (repeatable) and the COMMAND after --."""
+    """Add every spec flag, plus the COMMAND after --."""
     function = click.argument("command", nargs=-1, type=click.UNPROCESSED)(function)
-    function = click.option("--export", "exports", type=EnvAssignment(), multiple=True,
-                            help="Export NAME=VALUE to the job (repeatable).")(function)
-    for declarations, key, kwargs in reversed(SPEC_FLAGS):
-        function = click.option(*declarations, key, **kwargs)(function)
+    for declarations, kwargs in reversed(SPEC_FLAGS):
+        function = click.option(*declarations, **kwargs)(function)
     return function
 
 
 def overrides_from_flags(params: dict) -> dict:
     """Flag values as spec keys (None = not given on the command line)."""
-    overrides = {key: params.get(key) for _, key, _ in SPEC_FLAGS}
+    overrides = {declarations[-1]: params.get(declarations[-1])
+                 for declarations, _ in SPEC_FLAGS}
+    overrides["env"] = list(overrides["env"]) if overrides.get("env") else None
     if params.get("command"):
         overrides["command"] = list(params["command"])
-    if params.get("exports"):
-        overrides["env"] = list(params["exports"])
     return overrides
-
-
-def merge_env(file_env, flag_env) -> list:
-    merged = dict(file_env.items() if isinstance(file_env, dict) else file_env or ())
-    merged.update(dict(flag_env))
-    return list(merged.items())

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import re
 import sys
-from pathlib import Path
 
 import click
 
@@ -14,78 +14,55 @@ import click
 @click.option("-E", "--until", default=None, help="End of the window (sacct --endtime).")
 @click.option("-A", "--account", "accounts", multiple=True, help="Only these queues (accounts).")
 @click.option("-p", "--partition", "partitions", multiple=True, help="Only these partitions.")
-@click.option("-j", "--job", "job_ids", multiple=True, type=int, help="Only these jobs.")
+@click.option("-j", "--job", "job_ids", multiple=True, callback=lambda ctx, param, values: [
+    _job_id(value) for value in values], help="Only these jobs: 12 (a job, a whole array or het "
+              "job), 12_3 (an array task), 7+1 (a het component).")
 @click.option("--input", "input_path", type=click.Path(dir_okay=False, exists=True),
-              help="A saved dump instead of live sacct: `sacct -D -X -P --format=...` with "
-                   "its header line, or `sacct -D -X --json`.")
+              help="A saved dump instead of live sacct: `sacct -D -X --json`, or `sacct -D -X "
+                   "-P --format=...` with its header line (any column order).")
 @click.option("--events", "events_dirs", multiple=True, type=click.Path(exists=True),
               help="Checkpoint directories (or a parent) with slurmkit events.jsonl files.")
 @click.option("--policy", "policy_file", type=click.Path(dir_okay=False),
-              help="A slurmkit policy TOML: its classes name the workload classes.")
+              help="A slurmkit policy TOML: its classes name the workload classes, and their "
+                   "ranks say which jobs may preempt which.")
 @click.option("--gpus-total", type=click.IntRange(1), default=None,
               help="GPU capacity for the utilisation plot (default: live node count).")
+@click.option("--preempt-window", "window_s", type=click.IntRange(0, 86400), default=120,
+              show_default=True,
+              help="Seconds after a PREEMPTED run's end within which its preemptor starts on its "
+                   "nodes (grace + KillWait); without one, the run is a spurious requeue.")
 @click.option("--format", "output_format", type=click.Choice(["table", "json", "csv", "html"]),
               default="table", show_default=True)
 @click.option("-o", "--output", "output_path", type=click.Path(dir_okay=False),
               help="Write to this file (default: stdout).")
 @click.option("--progress/--no-progress", default=None,
-              help="Show ingest progress on stderr (default: when stderr is a terminal).")
+              help="A progress bar on stderr while a dump is read (default: when stderr is a "
+                   "terminal).")
 @click.pass_obj
 def goodput(connection, since, until, accounts, partitions, job_ids, input_path, events_dirs,
-            policy_file, gpus_total, output_format, output_path, progress) -> None:
-    """ETTR per job, queue, class and cluster; badput buckets; node failures;
-    preemption cost; class utilisation; measured vs expected ETTR."""
-    from slurmkit.goodput import ingest, report, table
-    from slurmkit.goodput.events import load_events
+            policy_file, gpus_total, window_s, output_format, output_path, progress) -> None:
+    """ETTR per job, queue, class and cluster; badput buckets; node failures and
+    restarts in place; preemption cost; class utilisation; measured vs expected ETTR."""
+    from slurmkit.goodput import analyse, write
 
-    progress = sys.stderr.isatty() if progress is None else progress
-    stats = ingest.IngestStats()
-    live = input_path is None
-    if live:
-        client = connection.client()
-        argv = client.accounting_argv(since=since, until=until, accounts=accounts,
-                                      partitions=partitions, job_ids=job_ids, json_output=False)
-        argv = [arg for arg in argv if not arg.startswith("--format=")] + \
-            [f"--format={','.join(ingest.COLUMNS)}"]
-        text = client.run(argv, timeout_s=600).stdout
-        runs = table.parse_bytes(text.encode("utf-8", "surrogateescape"), ingest.COLUMNS, stats)
-    else:
-        runs = table.read_table(input_path, stats=stats)
-    if not live and (accounts or partitions):
-        runs = table.from_runs(r for r in runs.runs() if (not accounts or r.account in accounts)
-                               and (not partitions or r.partition in partitions))
-    events = load_events(Path(d) for d in events_dirs) if events_dirs else {}
-    classes = ()
-    if policy_file:
-        from slurmkit.policy import config as policy_config
+    analysis = analyse(
+        connection.client() if input_path is None else None, input_path=input_path,
+        since=since, until=until, accounts=accounts, partitions=partitions, job_ids=job_ids,
+        events_dirs=events_dirs, policy_file=policy_file, gpus_total=gpus_total,
+        window_s=window_s, progress=sys.stderr.isatty() if progress is None else progress)
+    stream = open(output_path, "w", encoding="utf-8", newline="") if output_path else \
+        click.get_text_stream("stdout")
+    try:
+        write(analysis, output_format, stream)
+        stream.flush()
+    finally:
+        if output_path:
+            stream.close()
+            click.echo(f"wrote {output_path}", err=True)
 
-        classes = tuple(policy_config.load(policy_file).classes)
-    node_events = None
-    cluster_nodes = None
-    if live:
-        live_nodes = client.nodes()
-        cluster_nodes = len(live_nodes)
-        if gpus_total is None:
-            gpus_total = sum(node.gpus for node in live_nodes) or None
-        try:
-            from slurmkit.topology import health
 
-            node_events = {}
-            for event in health.parse_events(client.node_events_text(since)):
-                if event.state.rstrip("*").upper() in ("DOWN", "FAIL", "FAILING"):
-                    node_events.setdefault(event.node, []).append(event.start_epoch_s)
-        except Exception:  # node events are an enrichment, never a reason to fail
-            node_events = None
-    built = report.build_report(runs, events=events, stats=stats, classes=classes,
-                                capacity_gpus=gpus_total, node_events=node_events,
-                                cluster_nodes=cluster_nodes,
-                                include_jobs=output_format != "table",
-                                job_filter=job_ids if not live else ())
-    formatter = {"table": report.format_table, "json": report.format_json,
-                 "csv": report.format_csv, "html": report.format_html}[output_format]
-    text = formatter(built)
-    if output_path:
-        Path(output_path).write_text(text, encoding="utf-8")
-        click.echo(f"wrote {output_path}", err=True)
-    else:
-        click.echo(text, nl=not text.endswith("\n"))
+def _job_id(value: str) -> str:
+    if not re.fullmatch(r"[0-9]{1,10}(?:_[0-9]{1,10}|\+[0-9]{1,10})?", value):
+        raise click.BadParameter(f"{value!r} is not a job id: give 12, 12_3 (an array task) or "
+                                 "7+1 (a het component)")
+    return value

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from slurmkit.cli._paths import PathArg
+
 DEFAULT_CONF_DIR = Path(os.environ.get("SLURMKIT_SLURM_CONF_DIR", "/etc/slurm"))
 INSTALLED_POLICY = "slurmkit-policy.toml"
 
@@ -19,8 +21,8 @@ def policy() -> None:
 
 
 @policy.command()
-@click.argument("policy_file", type=click.Path(dir_okay=False))
-@click.option("--module", type=click.Path(dir_okay=False),
+@click.argument("policy_file", type=PathArg(dir_okay=False))
+@click.option("--module", type=PathArg(dir_okay=False),
               help="Also import this job_submit.py and check its entry points.")
 def check(policy_file, module) -> None:
     """Validate POLICY_FILE (and the shim's policy module)."""
@@ -42,8 +44,11 @@ def check(policy_file, module) -> None:
 def _check_module(path: str) -> None:
     import importlib.util
 
+    from slurmkit import files
     from slurmkit.errors import UserInputError
 
+    # Refuse a FIFO, a device or a huge file before the import machinery reads it.
+    files.read_text(path, "policy module")
     spec = importlib.util.spec_from_file_location("slurmkit_policy_check", path)
     if spec is None or spec.loader is None:
         raise UserInputError(f"{path}: cannot be imported as a Python module")
@@ -59,23 +64,38 @@ def _check_module(path: str) -> None:
         raise UserInputError(f"{path}: does not define {' and '.join(missing)}")
 
 
+#: Largest job-description file (or stdin) simulate reads: a million descriptions.
+MAX_JOBS_BYTES = 256 << 20
+
+
 @policy.command()
-@click.argument("policy_file", type=click.Path(dir_okay=False))
-@click.argument("jobs", type=click.File("r"), default="-")
+@click.argument("policy_file", type=PathArg(dir_okay=False))
+@click.argument("jobs", type=PathArg(dir_okay=False, allow_dash=True), default="-")
 def simulate(policy_file, jobs) -> None:
     """Print the decision for each job description in JOBS (JSON lines; - = stdin)."""
+    from slurmkit import files
+    from slurmkit.errors import UserInputError
     from slurmkit.policy import config as config_module
     from slurmkit.policy.simulate import read_descriptions
     from slurmkit.policy.simulate import simulate as run
 
     config = config_module.load(policy_file)
-    for result in run(config, read_descriptions(jobs, getattr(jobs, "name", "input"))):
+    if jobs == "-":
+        data = getattr(sys.stdin, "buffer", sys.stdin).read(MAX_JOBS_BYTES + 1)
+        if len(data) > MAX_JOBS_BYTES:
+            raise UserInputError(f"standard input holds more than {MAX_JOBS_BYTES} bytes "
+                                 "of job descriptions; split it")
+        text = files.decode(data, "standard input")
+    else:
+        text = files.read_text(jobs, "job description file", max_bytes=MAX_JOBS_BYTES)
+    source = "standard input" if jobs == "-" else jobs
+    for result in run(config, read_descriptions(text.splitlines(), source)):
         click.echo(json.dumps(result, sort_keys=True))
 
 
 @policy.command()
-@click.argument("policy_file", type=click.Path(dir_okay=False))
-@click.option("--conf-dir", type=click.Path(file_okay=False), default=str(DEFAULT_CONF_DIR),
+@click.argument("policy_file", type=PathArg(dir_okay=False))
+@click.option("--conf-dir", type=PathArg(file_okay=False), default=str(DEFAULT_CONF_DIR),
               show_default=True, help="Where slurm.conf lives (its Include policy.conf).")
 @click.option("--cluster", default=None, help="Cluster name (default: slurm.conf's ClusterName).")
 @click.option("--fail-mode", type=click.Choice(["closed", "open"]), default="closed",
@@ -104,7 +124,7 @@ def install(connection, policy_file, conf_dir, cluster, fail_mode, no_job_submit
 
 
 @policy.command()
-@click.option("--conf-dir", type=click.Path(file_okay=False), default=str(DEFAULT_CONF_DIR),
+@click.option("--conf-dir", type=PathArg(file_okay=False), default=str(DEFAULT_CONF_DIR),
               show_default=True)
 @click.option("--reconfigure/--no-reconfigure", default=True, show_default=True)
 @click.pass_obj
@@ -117,7 +137,7 @@ def uninstall(connection, conf_dir, reconfigure) -> None:
 
 
 @policy.command()
-@click.option("--policy", "policy_file", type=click.Path(dir_okay=False),
+@click.option("--policy", "policy_file", type=PathArg(dir_okay=False),
               default=str(DEFAULT_CONF_DIR / INSTALLED_POLICY), show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj

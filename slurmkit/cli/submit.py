@@ -4,28 +4,23 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import click
 
-from slurmkit.cli._spec_options import merge_env, overrides_from_flags, spec_flags
+from slurmkit.cli._paths import PathArg
+from slurmkit.cli._spec_options import health_options, overrides_from_flags, spec_flags
 
 
 def _build(spec_path: str | None, params: dict):
     from slurmkit import spec as spec_module
 
-    file_values = spec_module.load_toml(Path(spec_path)) if spec_path else {}
-    overrides = overrides_from_flags(params)
-    if "env" in overrides:
-        overrides["env"] = merge_env(file_values.get("env", {}), overrides["env"])
-    source = spec_path or "command-line flags"
-    return spec_module.build_spec(file_values, overrides, source=source)
+    return spec_module.load_spec(spec_path, overrides_from_flags(params))
 
 
 @click.command()
-@click.option("-f", "--spec", "spec_path", type=click.Path(dir_okay=False),
+@click.option("-f", "--spec", "spec_path", type=PathArg(dir_okay=False),
               help="TOML job spec (flags override its values).")
-@click.option("--template-dir", multiple=True, type=click.Path(file_okay=False),
+@click.option("--template-dir", multiple=True, type=PathArg(file_okay=False),
               help="Look for templates here first (repeatable).")
 @spec_flags
 def render(spec_path, template_dir, **params) -> None:
@@ -41,15 +36,12 @@ def render(spec_path, template_dir, **params) -> None:
 
 
 @click.command()
-@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.argument("spec_path", metavar="SPEC", type=PathArg(dir_okay=False))
 @click.option("--dry-run", is_flag=True, help="Show the script and placement; submit nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--explain", is_flag=True, help="Explain the placement on stderr.")
-@click.option("--health-since", default="now-1days", show_default=True,
-              help="Count node failures since then (sacct time); 'off' to ignore health.")
-@click.option("--max-node-failures", default=1, show_default=True, type=click.IntRange(1),
-              help="Failures in the window that make a node unhealthy.")
-@click.option("--template-dir", multiple=True, type=click.Path(file_okay=False),
+@health_options
+@click.option("--template-dir", multiple=True, type=PathArg(file_okay=False),
               help="Look for templates here first (repeatable).")
 @spec_flags
 @click.pass_obj
@@ -61,37 +53,26 @@ def submit(connection, spec_path, dry_run, as_json, explain, health_since, max_n
     slurmkit submit job.toml -N 2 --dry-run --explain
     slurmkit --host alice@login submit job.toml -- python train.py --lr 3e-4
     """
-    from slurmkit.render import render_script
+    from slurmkit import submission as submission_module
 
     spec = _build(spec_path, params)
-    placement_options = decision = None
-    notes: list[str] = []
-    can_query = not (dry_run and connection.host is None and not _have_slurm())
-    if spec.placement != "none" and can_query:
-        from slurmkit.submission import choose_placement, gather_view
-
-        view = gather_view(connection.client(),
-                           health_since=None if health_since == "off" else health_since,
-                           max_failures=max_node_failures)
-        notes += view.notes
-        placement_options, decision = choose_placement(spec, view)
-    elif spec.placement != "none":
-        notes.append("no Slurm commands here and no --host: rendered without placement")
-    script = render_script(spec, placement_options, template_dirs_extra=template_dir)
-    if explain or notes:
-        for line in notes + (list(decision.explanation) if decision and explain else []):
-            click.echo(f"slurmkit: {line}", err=True)
-    result = {"job_id": None, "dry_run": dry_run,
-              "placement": _placement_json(placement_options, decision)}
+    can_query = not (dry_run and not connection.reaches_slurm and not _have_slurm())
+    submission = submission_module.prepare(
+        spec, connection.client() if can_query and spec.placement != "none" else None,
+        health_since=None if health_since == "off" else health_since,
+        max_failures=max_node_failures, template_dirs=template_dir)
+    for line in submission.notes + (submission.explanation if explain else ()):
+        click.echo(f"slurmkit: {line}", err=True)
+    result = {"job_id": None, "dry_run": dry_run, "placement": submission.placement_json()}
     if not dry_run:
-        submitted = connection.client().submit(script)
+        submitted = submission_module.submit(submission, connection.client())
         result["job_id"] = submitted.job_id
         if submitted.stderr.strip():
             click.echo(submitted.stderr.rstrip(), err=True)  # sbatch's own warnings
     if as_json:
-        click.echo(json.dumps({**result, "script": script}, indent=2))
+        click.echo(json.dumps({**result, "script": submission.script}, indent=2))
     elif dry_run:
-        click.echo(script, nl=False)
+        click.echo(submission.script, nl=False)
     else:
         click.echo(f"Submitted batch job {result['job_id']}")
 
@@ -100,17 +81,6 @@ def _have_slurm() -> bool:
     import shutil
 
     return shutil.which("sbatch") is not None
-
-
-def _placement_json(options, decision) -> dict | None:
-    if options is None:
-        return None
-    return {
-        "nodelist": options.nodelist, "exclude": options.exclude, "switches": options.switches,
-        "leaf_switches": list(decision.leaves) if decision else [],
-        "optimal_leaf_switches": decision.optimal_leaves if decision else None,
-        "common_switch": decision.common_switch if decision else None,
-    }
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from slurmkit.cli._spec_options import NodeRange
+from slurmkit.cli._spec_options import NodeRange, health_options
 
 
 @click.group()
@@ -22,17 +22,8 @@ def _view(connection, health_since: str, max_failures: int):
                        max_failures=max_failures)
 
 
-_health_options = [
-    click.option("--health-since", default="now-1days", show_default=True,
-                 help="Count node failures since then; 'off' to ignore health."),
-    click.option("--max-node-failures", default=1, show_default=True, type=click.IntRange(1)),
-]
-
-
 def _with_health(function):
-    for option in reversed(_health_options):
-        function = option(function)
-    return function
+    return health_options(function)
 
 
 @topology.command()

@@ -8,13 +8,14 @@ import io
 import sys
 
 from slurmkit.errors import SlurmkitError
-from slurmkit.goodput import metrics
+from slurmkit.goodput.engine import BUCKETS
 
 STATE_COLORS = {"COMPLETED": "#2e7d32", "RUNNING": "#1565c0", "NODE_FAIL": "#c62828",
                 "PREEMPTED": "#ef6c00", "REQUEUED": "#8e24aa", "FAILED": "#6d4c41",
                 "CANCELLED": "#757575", "TIMEOUT": "#ad1457"}
 BUCKET_COLORS = {"initial_queue": "#b0bec5", "queue_after_requeue": "#78909c",
-                 "restart_overhead": "#ffb74d", "lost_work": "#e53935",
+                 "restart_overhead": "#ffb74d", "failure_detection": "#7e57c2",
+                 "lost_work": "#e53935",
                  "checkpoint_stall": "#8d6e63", "preemption": "#fb8c00", "other": "#9e9e9e"}
 
 
@@ -47,12 +48,9 @@ def _svg(figure) -> str:
     return text[text.index("<svg"):]
 
 
-def render_all(report: dict, timeline_jobs: tuple[int, ...] = ()) -> dict[str, str]:
+def render_all(report: dict, chosen: list[dict]) -> dict[str, str]:
+    """Every figure of the summary ``report``, with ``chosen`` jobs on the timeline."""
     figures = {}
-    jobs = report.get("jobs") or report.get("worst_jobs") or []
-    chosen = [job for job in jobs if job["job_id"] in timeline_jobs] if timeline_jobs else \
-        sorted(jobs, key=lambda job: (-job["runs"], job["job_id"]))[:8]
-    chosen = [job for job in chosen if job["runs"] > 0]
     if chosen:
         figures["timeline"] = timeline(chosen)
     if report["queues"]:
@@ -82,7 +80,7 @@ def timeline(jobs: list[dict]) -> str:
                 axes.barh(row, run["lost_s"], left=end - run["lost_s"], height=0.6,
                           color="none", edgecolor="black", hatch="///", linewidth=0.5)
     axes.set_yticks(range(len(jobs)),
-                    [_label(f"{job['display_id']} {job['name']}") for job in jobs])
+                    [_label(f"{job['job_id']} {job['name']}") for job in jobs])
     axes.invert_yaxis()
     axes.set_xlabel("seconds since the job became eligible (hatched: lost work)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=color) for color in STATE_COLORS.values()]
@@ -109,11 +107,10 @@ def badput(queues: dict) -> str:
     plt = _pyplot()
     names = list(queues)
     figure, axes = plt.subplots(figsize=(9, 0.45 * len(names) + 1.6))
-    left = [0.0] * len(names)
     productive = [queues[name]["productive_gpu_hours"] for name in names]
     axes.barh(range(len(names)), productive, color="#43a047", label="productive")
     left = productive[:]
-    for bucket in metrics.BUCKETS:
+    for bucket in BUCKETS:
         values = [queues[name]["badput_gpu_hours"][bucket] for name in names]
         if any(values):
             axes.barh(range(len(names)), values, left=left, label=bucket.replace("_", " "),

@@ -1,7 +1,7 @@
 """Installing a policy on the controller (run there, as root or SlurmUser).
 
 Order matters: QOS must exist in slurmdbd before slurmctld reads partitions that name
-them (a missing partition QOS is fatal at start, SLURM-NOTES.md), and the plugin
+them (a missing partition QOS is fatal at start: docs/slurm-notes.md), and the plugin
 must exist before slurm.conf asks for it. Files are written atomically (temp file +
 rename) so slurmctld never reads half a file.
 """
@@ -9,22 +9,36 @@ rename) so slurmctld never reads half a file.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
 from slurmkit.errors import SlurmCommandError, UserInputError
+from slurmkit.policy import config as config_module
 from slurmkit.policy.config import PolicyConfig
-from slurmkit.policy.slurmconf import JOB_SUBMIT_ENTRY, SHIM_CONF, render_fragment, sacctmgr_plan
+from slurmkit.policy.slurmconf import (
+    render_entry_module,
+    render_fragment,
+    render_shim_conf,
+    sacctmgr_plan,
+)
 from slurmkit.slurm.client import SlurmClient
 
 PLUGIN_FILE = "job_submit_python.so"
+#: Cluster names as sacctmgr takes them in ``cluster=NAME`` (no ',' or blank: a list
+#: or a second argument).
+_CLUSTER_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 DEFAULT_FRAGMENT = ("# Default partitions (no slurmkit policy installed).\n"
                     "PartitionName=main Nodes=ALL Default=YES MaxTime=INFINITE State=UP\n")
 
 
 def write_atomically(path: Path, text: str, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as error:  # --conf-dir is a file, a FIFO, not writable...
+        raise UserInputError(f"cannot write {path}: {error.strerror or error}; check "
+                             "--conf-dir") from None
     try:
         with os.fdopen(handle, "w") as stream:
             stream.write(text)
@@ -64,12 +78,21 @@ def install_policy(client: SlurmClient, config: PolicyConfig, policy_path: Path,
                 f"{PLUGIN_FILE} is not in PluginDir ({live.get('PluginDir')}): build and "
                 "install it first (`make -C job_submit install` on the controller), or pass "
                 "--no-job-submit; enabling a missing plugin would stop slurmctld")
+    if not _CLUSTER_RE.fullmatch(cluster):
+        raise UserInputError(f"cluster name {cluster!r}: expected letters, digits, '_', '-' "
+                             "and '.' (pass --cluster NAME)")
     fragment = render_fragment(config, job_submit_plugins="python" if job_submit else "")
     installed_policy = conf_dir / "slurmkit-policy.toml"
+    # Install exactly the text that is validated here (not a second read of the file,
+    # which may have changed since ``config`` was loaded).
+    policy_bytes = config_module.read_policy_file(Path(policy_path))
+    if config_module.loads(policy_bytes, source=config.source) != config:
+        raise UserInputError(f"{policy_path} changed while it was being installed: run "
+                             "the install again")
     files = {
-        installed_policy: Path(policy_path).read_text(),
-        conf_dir / "job_submit.py": JOB_SUBMIT_ENTRY.format(config=str(installed_policy)),
-        conf_dir / "job_submit_python.conf": SHIM_CONF.format(
+        installed_policy: policy_bytes.decode("utf-8"),
+        conf_dir / "job_submit.py": render_entry_module(installed_policy),
+        conf_dir / "job_submit_python.conf": render_shim_conf(
             policy=conf_dir / "job_submit.py", fail_mode=fail_mode,
             python_path=Path(__file__).resolve().parents[2],
             stats_file=Path(live.get("StateSaveLocation", "/var/spool/slurmctld"))

@@ -1,9 +1,24 @@
-"""The same routing as ``decide``, as a job_submit/lua script: the baseline that
+"""The same policy as ``decide``, as a job_submit/lua script: the baseline that
 ``bench/policy.py`` measures the Python shim against.
 
-It makes the same choices (queue, entitlement, class, partitions, quota check,
-requeue, default time) with the same messages; it cannot set the warning signal
-(job_submit/lua offers no warn_signal field), the only difference.
+The script makes the same checks in the same order, with the same messages:
+queue, entitlement, class, priority and nice, GPUs priced at the worst case of the
+request (per job, per node x the most nodes, per socket x sockets x nodes, per task x
+tasks, count-less ``gres/gpu`` = 1, size suffixes, ``--nodelist`` size, ``NumNodes=ALL``),
+partitions, time limit, requeue, default time; and on ``job_modify`` the same
+re-pricing with what the update leaves out at its worst. Like the shim it never fails
+open: an error inside the script refuses the job. tests/unit/test_policy_lua.py runs
+the rendered script in Lua 5.1 (the version Debian's Slurm 24.11 embeds) against
+``decide``/``decide_modify`` over generated jobs and updates: same decision, message,
+changes and GPU count.
+
+Differences, all from job_submit/lua itself:
+- it cannot set the warning signal (job_submit/lua has no ``warn_*`` fields), so
+  borrowed jobs get ``--requeue`` but not the class's ``--signal``;
+- Lua has no user lookup: ``job_modify`` names the modifier by the update's user or,
+  when the modifier owns the job, the job's owner (uid 0 always passes);
+- numbers are Lua 5.1 doubles: counts above 2^53 are compared, not printed, exactly
+  (both policies refuse them), and text is handled as bytes (names are ASCII).
 """
 
 from __future__ import annotations
@@ -11,121 +26,616 @@ from __future__ import annotations
 from slurmkit.policy.config import PolicyConfig
 
 
-def _lua_string(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+def lua_string(text: str) -> str:
+    """A Lua 5.1 string literal for any text: printable ASCII as itself, every other
+    byte of its UTF-8 as a three-digit decimal escape (so no byte can end the literal
+    or the line)."""
+    out = []
+    for byte in text.encode("utf-8", "surrogateescape"):
+        char = chr(byte)
+        if 32 <= byte < 127 and char not in '"\\':
+            out.append(char)
+        else:
+            out.append(f"\\{byte:03d}")
+    return '"' + "".join(out) + '"'
+
+
+def _lua_set(names) -> str:
+    return "{ " + "".join(f"[{lua_string(name)}] = true, " for name in names) + "}"
 
 
 def render_lua(config: PolicyConfig) -> str:
+    """job_submit.lua for ``config`` (Lua 5.1; defines slurm_job_submit and
+    slurm_job_modify, and the global ``slurmkit_policy`` table the unit test drives)."""
     queues = []
     for queue in config.queues.values():
-        users = ", ".join(f"[{_lua_string(u)}] = true" for u in queue.users)
-        classes = ", ".join(f"[{_lua_string(c)}] = true" for c in queue.classes)
+        borrows = any(config.classes[name].borrow for name in queue.classes)
+        modify_cap = queue.guaranteed_gpus + (queue.borrow_limit_gpus if borrows else 0)
         queues.append(
-            f"  [{_lua_string(queue.name)}] = {{ guaranteed = {queue.guaranteed_gpus}, "
-            f"borrow = {queue.borrow_limit_gpus}, partition = {_lua_string(queue.partition)}, "
-            f"default_class = {_lua_string(queue.default_class)}, users = {{ {users} }}, "
-            f"classes = {{ {classes} }}, class_list = {_lua_string(', '.join(queue.classes))} }},")
-    order = ", ".join(_lua_string(queue.name) for queue in config.queues.values())
+            f"  [{lua_string(queue.name)}] = {{ name = {lua_string(queue.name)}, "
+            f"guaranteed = {queue.guaranteed_gpus}, borrow = {queue.borrow_limit_gpus}, "
+            f"partition = {lua_string(queue.partition)}, "
+            f"default_class = {lua_string(queue.default_class)}, "
+            f"users = {_lua_set(queue.users)}, classes = {_lua_set(queue.classes)}, "
+            f"class_list = {lua_string(', '.join(queue.classes))}, "
+            f"modify_cap = {modify_cap} }},")
     classes = []
     for job_class in config.classes.values():
         classes.append(
-            f"  [{_lua_string(job_class.name)}] = {{ borrow = {str(job_class.borrow).lower()}, "
-            f"partition = {_lua_string(job_class.borrow_partition)}, "
+            f"  [{lua_string(job_class.name)}] = {{ borrow = {str(job_class.borrow).lower()}, "
+            f"borrow_partition = {lua_string(job_class.borrow_partition)}, "
             f"max_time = {job_class.max_time_min or 'nil'}, "
             f"default_time = {job_class.default_time_min or 'nil'} }},")
-    operators = ", ".join(f"[{_lua_string(name)}] = true" for name in config.operators)
-    return LUA_TEMPLATE.format(queues="\n".join(queues), order=order,
-                               classes="\n".join(classes), operators=operators)
+    header = "\n".join([
+        "-- Generated by slurmkit.policy.lua (the baseline of bench/policy.py): the policy",
+        "-- of slurmkit.policy.decide as a job_submit/lua script, for Lua 5.1.",
+        f"-- Policy: {config.source.encode('ascii', 'backslashreplace').decode()!r}",
+        "local QUEUES = {", *queues, "}",
+        "local QUEUE_ORDER = { " + "".join(f"{lua_string(q)}, " for q in config.queues) + "}",
+        "local CLASSES = {", *classes, "}",
+        f"local OPERATORS = {_lua_set(config.operators)}",
+        f"local POLICY_PARTITIONS = {_lua_set(config.partitions)}",
+        f"local GPUS_PER_NODE = {config.gpus_per_node}",
+        f"local CLUSTER_NODES = {config.node_count or 'nil'}",
+        f"local UNMANAGED_ALLOW = {str(config.unmanaged_accounts == 'allow').lower()}",
+    ])
+    return header + "\n" + LUA_BODY
 
 
-LUA_TEMPLATE = """\
--- Generated by slurmkit (bench baseline): the policy of slurmkit.policy.decide in Lua.
-local queues = {{
-{queues}
-}}
-local queue_order = {{ {order} }}
-local classes = {{
-{classes}
-}}
-local operators = {{ {operators} }}
+# The body is plain Lua (no Python formatting): every name it uses from the policy is
+# defined by the header above. Comments map each function to its Python original.
+LUA_BODY = r"""
+-- slurm.h values (job_submit/lua passes unset numbers as NO_VAL/NO_VAL16 and nice
+-- offset by NICE_OFFSET; the shim passes None and the signed nice).
+local NO_VAL = 4294967294
+local NO_VAL16 = 65534
+local INFINITE32 = 4294967295
+local NICE_OFFSET = 2147483648
+local EXACT = 9007199254740992          -- 2^53: doubles hold integers exactly below
+local HOSTLIST_MAX = 100000             -- python-hostlist's MAX_SIZE
+local SUFFIXES = { [""] = 1 }           -- slurm_protocol_defs.c suffix_mult
+for power, letter in ipairs({ "k", "m", "g", "t", "p" }) do
+  SUFFIXES[letter] = 1024 ^ power
+  SUFFIXES[letter .. "ib"] = 1024 ^ power
+  SUFFIXES[letter .. "b"] = 1000 ^ power
+end
+-- Python's str.strip() whitespace (its ASCII part).
+local TRIM = "^[ \t\n\r\v\f\28\29\30\31]*(.-)[ \t\n\r\v\f\28\29\30\31]*$"
+local GPU_FIELDS = { "tres_per_job", "tres_per_node", "tres_per_socket", "tres_per_task",
+                     "min_nodes", "max_nodes", "num_tasks", "ntasks_per_node",
+                     "ntasks_per_tres", "sockets_per_node", "req_nodes" }
+local CHANGE_ORDER = { "partition", "qos", "account", "time_limit", "requeue" }
 
-local function gpus(job_desc)
-  local nodes = job_desc.min_nodes
-  if nodes == nil or nodes == slurm.NO_VAL or nodes < 1 then nodes = 1 end
-  local total = 0
-  local per_node = job_desc.tres_per_node
-  if per_node ~= nil then
-    for n in string.gmatch(per_node, "gres/gpu[^,=]-[:=](%d+)") do total = total + tonumber(n) * nodes end
+local function int(n)                   -- an integer as Python prints it
+  if n > -EXACT and n < EXACT then return string.format("%d", n) end
+  return string.format("%.0f", n)
+end
+
+local function truthy(n) return n ~= nil and n ~= 0 end   -- Python: `if n:`
+local function or_one(n) if truthy(n) then return n end return 1 end
+
+local function text(value)              -- decide._text
+  if value == nil then return nil end
+  local stripped = string.match(value, TRIM)
+  if stripped == "" then return nil end
+  return stripped
+end
+
+local function partitions(value)        -- decide._partitions
+  local out = {}
+  local whole = text(value)
+  if whole == nil then return out end
+  for part in string.gmatch(whole .. ",", "([^,]*),") do
+    part = text(part)
+    if part ~= nil then out[#out + 1] = part end
   end
-  local per_job = job_desc.tres_per_job
-  if per_job ~= nil then
-    local t = 0
-    for n in string.gmatch(per_job, "gres/gpu[^,=]-[:=](%d+)") do t = t + tonumber(n) end
-    if t > total then total = t end
+  return out
+end
+
+local REPR_ESCAPES = { ["\\"] = "\\\\", ["\t"] = "\\t", ["\n"] = "\\n", ["\r"] = "\\r" }
+local function pyrepr(s)                -- repr() of a str (ASCII bytes; others as-is)
+  local quote = "'"
+  if string.find(s, "'", 1, true) and not string.find(s, '"', 1, true) then quote = '"' end
+  local body = string.gsub(s, "[%z\1-\31\127\\'\"]", function(c)
+    if c == quote then return "\\" .. c end
+    if c == "'" or c == '"' then return c end
+    return REPR_ESCAPES[c] or string.format("\\x%02x", string.byte(c))
+  end)
+  return quote .. body .. quote
+end
+
+local function pytail(s, count)         -- s[len(s) - count:], Python slicing
+  local start = #s - count
+  if start < 0 then start = start + #s end
+  if start < 0 then start = 0 end
+  return string.sub(s, start + 1)
+end
+
+local function show(s)                  -- config._show: reprlib, maxstring 60
+  local shown = pyrepr(string.sub(s, 1, 60))
+  if #shown > 60 then
+    shown = pyrepr(string.sub(s, 1, 28) .. pytail(s, 29))
+    shown = string.sub(shown, 1, 28) .. "..." .. pytail(shown, 29)
+  end
+  return shown
+end
+
+local function refuse(message) error({ message = message }, 0) end  -- GpuRequestError
+
+local function slurm_number(token)      -- decide._slurm_number
+  local digits = string.match(token, "^%d+")
+  if digits == nil then return nil end
+  local significant = string.gsub(digits, "^0+", "")
+  if #significant > 20 or (#significant == 20 and significant >= "18446744073709551615") then
+    return nil                          -- strtoull saturated: not a number for Slurm
+  end
+  local multiplier = SUFFIXES[string.lower(string.sub(token, #digits + 1))]
+  if multiplier == nil then return nil end
+  return (tonumber(digits) or 0) * multiplier
+end
+
+local function gpu_count(tres, where)   -- decide.gpu_count
+  if tres == nil then return 0 end
+  local total, position, length = 0, 1, #tres
+  while true do
+    local found = string.find(tres, "gres", position, true)
+    if found == nil then break end
+    position = found + 4
+    if string.sub(tres, position, position) == "/" then position = position + 1 end
+    local comma = string.find(tres, ",", position, true)
+    local name = string.sub(tres, position, comma and comma - 1 or length)
+    position = comma and comma + 1 or length + 1
+    if name ~= "" then
+      local gres_type, count, skip = nil, 1, false
+      local separator = string.match(name, ".*()=") or string.match(name, ".*():")
+      if separator ~= nil then
+        local token = string.sub(name, separator + 1)
+        local equals = string.sub(name, separator, separator) == "="
+        name = string.sub(name, 1, separator - 1)
+        local number = slurm_number(token)
+        local sign = string.sub(token, 1, 1)
+        if sign == "-" or sign == "+" then
+          refuse(where .. " = " .. show(tres) .. ": a count must be a whole number of at "
+                 .. "least 0, without a sign")
+        end
+        if number == nil then
+          if equals or token == "" then
+            refuse(where .. " = " .. show(tres) .. ": " .. show(token)
+                   .. " is not a count (e.g. gres/gpu:4)")
+          end
+          gres_type = token             -- "gpu:a100": a type, one of it
+        else
+          count = number
+        end
+      elseif slurm_number(name) ~= nil then
+        skip = true                     -- a bare number names no GRES
+      end
+      if not skip then
+        local colon = string.find(name, ":", 1, true)
+        if colon ~= nil then
+          if gres_type ~= nil then
+            refuse(where .. " = " .. show(tres) .. ": expected NAME[:TYPE][:COUNT]")
+          end
+          name = string.sub(name, 1, colon - 1)
+        end
+        if name == "gpu" then total = total + count end
+      end
+    end
   end
   return total
 end
 
-local function reject(text)
-  slurm.log_user("%s", text)
-  return slurm.ERROR
+-- python-hostlist's expand_hostlist(allow_duplicates=False), counted.
+local function bad_hostlist(reason) error({ hostlist = reason }, 0) end
+
+local function expand_range(prefix, range, out)
+  if string.match(range, "^%d+$") then
+    out[#out + 1] = prefix .. range
+    return
+  end
+  local s_low, s_high = string.match(range, "^(%d+)-(%d+)$")
+  if s_low == nil then bad_hostlist("bad range") end
+  local low, high, width = tonumber(s_low), tonumber(s_high), #s_low
+  if high < low then bad_hostlist("start > stop") end
+  if high - low > HOSTLIST_MAX then bad_hostlist("range too large") end
+  for i = low, high do
+    local digits = int(i)
+    if #digits < width then digits = string.rep("0", width - #digits) .. digits end
+    out[#out + 1] = prefix .. digits
+  end
+end
+
+local function expand_part(s)
+  if s == "" then return { "" } end
+  local prefix, rest = string.match(s, "^([^,%[]*)(.*)$")
+  local rangelist, after = string.match(rest, "^%[([^%]]*)%](.*)$")
+  if rangelist ~= nil then rest = after end
+  local rest_expanded = expand_part(rest)
+  local ours
+  if rangelist == nil then
+    ours = { prefix }
+  else
+    ours = {}
+    for range in string.gmatch(rangelist .. ",", "([^,]*),") do
+      expand_range(prefix, range, ours)
+    end
+  end
+  if #ours * #rest_expanded > HOSTLIST_MAX then bad_hostlist("results too large") end
+  local out = {}
+  for _, first in ipairs(ours) do
+    for _, second in ipairs(rest_expanded) do out[#out + 1] = first .. second end
+  end
+  return out
+end
+
+local function hostlist_size(nodes)     -- decide._hostlist_size
+  if #nodes > 65536 then refuse("req_nodes = " .. show(nodes) .. " is not a node list") end
+  local ok, result = pcall(function()
+    local seen, count, level, part = {}, 0, 0, {}
+    for i = 1, #nodes + 1 do
+      local c = string.sub(nodes, i, i)
+      if c == "" then c = "," end
+      if c == "," and level == 0 then
+        if #part > 0 then
+          for _, name in ipairs(expand_part(table.concat(part))) do
+            if not seen[name] then seen[name] = true; count = count + 1 end
+          end
+        end
+        part = {}
+      else
+        part[#part + 1] = c
+      end
+      if c == "[" then level = level + 1 elseif c == "]" then level = level - 1 end
+      if level > 1 then bad_hostlist("nested brackets") end
+      if level < 0 then bad_hostlist("unbalanced brackets") end
+    end
+    if level > 0 then bad_hostlist("unbalanced brackets") end
+    return count
+  end)
+  if ok then return result end
+  if type(result) == "table" and result.hostlist then
+    refuse("req_nodes = " .. show(nodes) .. " is not a node list (" .. result.hostlist .. ")")
+  end
+  error(result, 0)
+end
+
+local function everything(value)        -- "ALL" (INFINITE): every node of the policy
+  if value >= INFINITE32 and CLUSTER_NODES then return CLUSTER_NODES end
+  return value
+end
+
+local function node_bound(job)          -- decide._node_bound
+  local low
+  if truthy(job.min_nodes) then
+    low = everything(job.min_nodes)
+  elseif job.req_nodes ~= nil and job.req_nodes ~= "" then
+    low = hostlist_size(job.req_nodes)
+  else
+    low = 1
+  end
+  local high = low
+  if truthy(job.max_nodes) then
+    high = math.max(low, everything(job.max_nodes))
+  elseif truthy(job.num_tasks) then
+    high = math.max(low, job.num_tasks)
+  end
+  if CLUSTER_NODES then high = math.max(low, math.min(high, CLUSTER_NODES)) end
+  return high
+end
+
+local function gpus_requested(job)      -- decide.gpus_requested
+  local per_job = gpu_count(job.tres_per_job, "tres_per_job")
+  local per_node = gpu_count(job.tres_per_node, "tres_per_node")
+  local per_socket = gpu_count(job.tres_per_socket, "tres_per_socket")
+  local per_task = gpu_count(job.tres_per_task, "tres_per_task")
+  local nodes = node_bound(job)
+  local tasks = job.num_tasks
+  if not truthy(tasks) then
+    tasks = nodes * math.max(or_one(job.ntasks_per_node), or_one(job.ntasks_per_tres))
+  end
+  local worst = math.max(per_job, per_node * nodes, per_task * tasks)
+  if per_socket ~= 0 then
+    if truthy(job.sockets_per_node) then
+      worst = math.max(worst, per_socket * job.sockets_per_node * nodes)
+    else
+      worst = math.max(worst, math.max(per_socket, GPUS_PER_NODE) * nodes)
+    end
+  end
+  if truthy(job.ntasks_per_tres) and per_job == 0 and per_node == 0 and per_socket == 0
+      and per_task == 0 then
+    worst = math.max(worst, math.ceil(tasks / job.ntasks_per_tres))
+  end
+  return worst
+end
+
+local function gpus_after_update(update)  -- decide.gpus_after_update
+  local touched, any = {}, false
+  for _, key in ipairs(GPU_FIELDS) do
+    local value = update[key]
+    if value ~= nil and value ~= "" then touched[key] = true; any = true end
+  end
+  if not any then return nil end
+  local unbounded = math.huge
+  local nodes = CLUSTER_NODES or unbounded
+  if touched.min_nodes or touched.max_nodes or touched.req_nodes then
+    nodes = node_bound(update)
+  end
+  local worst = 0
+  if touched.tres_per_job then
+    worst = math.max(worst, gpu_count(update.tres_per_job, "tres_per_job"))
+  end
+  if touched.tres_per_node or touched.min_nodes or touched.max_nodes or touched.req_nodes then
+    local per_node = GPUS_PER_NODE
+    if touched.tres_per_node then per_node = gpu_count(update.tres_per_node, "tres_per_node") end
+    if per_node ~= 0 then worst = math.max(worst, per_node * nodes) end
+  end
+  if touched.tres_per_socket or touched.sockets_per_node then
+    local per_socket = GPUS_PER_NODE
+    if touched.tres_per_socket then
+      per_socket = gpu_count(update.tres_per_socket, "tres_per_socket")
+    end
+    local per_node
+    if truthy(update.sockets_per_node) then
+      per_node = per_socket * update.sockets_per_node
+    else
+      per_node = math.max(per_socket, GPUS_PER_NODE)
+    end
+    if per_node ~= 0 then worst = math.max(worst, per_node * nodes) end
+  end
+  if touched.tres_per_task or touched.num_tasks or touched.ntasks_per_node
+      or touched.ntasks_per_tres then
+    local per_task = GPUS_PER_NODE
+    if touched.tres_per_task then per_task = gpu_count(update.tres_per_task, "tres_per_task") end
+    local tasks = unbounded
+    if truthy(update.num_tasks) then tasks = update.num_tasks end
+    if per_task ~= 0 then worst = math.max(worst, per_task * tasks) end
+    if truthy(update.ntasks_per_tres) then worst = math.max(worst, tasks) end
+  end
+  worst = math.min(worst, nodes * GPUS_PER_NODE)
+  if worst == unbounded then
+    refuse("the job's size after this update cannot be bounded (job updates do not show "
+           .. "the job); give NumNodes= in the same update")
+  end
+  return worst
+end
+
+local function queues_of(user)
+  local out = {}
+  for _, name in ipairs(QUEUE_ORDER) do
+    local queue = QUEUES[name]
+    if queue.users["*"] or queue.users[user] then out[#out + 1] = queue end
+  end
+  return out
+end
+
+local function queue_names(list)
+  local names = {}
+  for i, queue in ipairs(list) do names[i] = queue.name end
+  if #names == 0 then return "none" end
+  return table.concat(names, ", ")
+end
+
+local function price(fn, job)           -- GpuRequestError -> nil, message
+  local ok, result = pcall(fn, job)
+  if ok then return result, nil end
+  if type(result) == "table" and result.message then return nil, result.message end
+  error(result, 0)                      -- a bug: the caller refuses the job
+end
+
+-- decide._decide: "accept"|"reject", message, changes (accept), GPUs.
+local function decide(job, submit_uid)
+  local user = job.user or ""
+  if submit_uid == 0 or OPERATORS[user] then return "accept", "", {}, 0 end
+  if user == "" then
+    return "reject", "cannot tell who submitted this job (unknown uid); ask the admins", nil, 0
+  end
+  local account = text(job.account)
+  if account ~= nil then account = string.lower(account) end
+  local user_queues = queues_of(user)
+  local queue
+  if account == nil then
+    if #user_queues == 0 then
+      return "reject", "user " .. user .. " is not in any queue of this cluster; ask the "
+             .. "admins to add you to one", nil, 0
+    end
+    queue = user_queues[1]
+  elseif QUEUES[account] == nil then
+    if UNMANAGED_ALLOW then
+      local taken = {}
+      for _, part in ipairs(partitions(job.partition)) do
+        if POLICY_PARTITIONS[part] then taken[#taken + 1] = part end
+      end
+      if #taken > 0 then
+        return "reject", "partition(s) " .. table.concat(taken, ", ") .. " belong to the GPU "
+               .. "queues; account " .. pyrepr(account) .. " is not a queue (submit with -A "
+               .. "QUEUE, or to another partition)", nil, 0
+      end
+      return "accept", "", {}, 0
+    end
+    return "reject", "account " .. pyrepr(account) .. " is not a queue of this cluster; your "
+           .. "queues: " .. queue_names(user_queues) .. " (submit with -A QUEUE)", nil, 0
+  else
+    queue = QUEUES[account]
+  end
+  if not (queue.users["*"] or queue.users[user]) then
+    return "reject", "user " .. user .. " may not submit to queue " .. queue.name
+           .. "; your queues: " .. queue_names(user_queues), nil, 0
+  end
+  local class_name = text(job.qos) or queue.default_class
+  local class = CLASSES[class_name]
+  if class == nil then
+    return "reject", "QOS " .. pyrepr(class_name) .. " is not a workload class; use --qos "
+           .. "with one of " .. queue.class_list, nil, 0
+  end
+  if not queue.classes[class_name] then
+    return "reject", "queue " .. queue.name .. " does not run " .. class_name .. " jobs; use "
+           .. "--qos with one of " .. queue.class_list, nil, 0
+  end
+  if job.priority ~= nil and job.priority ~= 0 then
+    return "reject", "only operators may set --priority; the workload class sets it (--qos "
+           .. class_name .. ")", nil, 0
+  end
+  if job.nice ~= nil and job.nice < 0 then
+    return "reject", "a negative --nice raises priority: only operators may use it", nil, 0
+  end
+  local gpus, problem = price(gpus_requested, job)
+  if problem ~= nil then
+    return "reject", "cannot count the GPUs this job asks for: " .. problem, nil, 0
+  end
+  local cap = queue.guaranteed
+  local extra = ""
+  if class.borrow then
+    cap = cap + queue.borrow
+    extra = " + " .. int(queue.borrow) .. " borrowed"
+  end
+  if gpus > cap then
+    return "reject", "the job asks for " .. int(gpus) .. " GPUs; queue " .. queue.name
+           .. " may use at most " .. int(queue.guaranteed) .. " guaranteed" .. extra
+           .. " for " .. class_name .. " jobs", nil, gpus
+  end
+  local allowed, open = {}, {}
+  if gpus <= queue.guaranteed then allowed[#allowed + 1] = queue.partition end
+  if class.borrow and queue.borrow > 0 then allowed[#allowed + 1] = class.borrow_partition end
+  for _, part in ipairs(allowed) do open[part] = true end
+  local chosen = partitions(job.partition)
+  if #chosen > 0 then
+    local unknown = {}
+    for _, part in ipairs(chosen) do
+      if not open[part] then unknown[#unknown + 1] = part end
+    end
+    if #unknown > 0 then
+      return "reject", "partition(s) " .. table.concat(unknown, ", ") .. " are not open to "
+             .. class_name .. " jobs of queue " .. queue.name .. "; allowed: "
+             .. table.concat(allowed, ", ") .. " (or leave -p out: the policy chooses)",
+             nil, gpus
+    end
+  else
+    chosen = allowed
+  end
+  local borrowing = false
+  for _, part in ipairs(chosen) do
+    if part == class.borrow_partition then borrowing = true end
+  end
+  local changes = { partition = table.concat(chosen, ","), qos = class_name }
+  if account == nil then changes.account = queue.name end
+  local limit = job.time_limit
+  if limit ~= nil and class.max_time and limit > class.max_time then
+    return "reject", "time limit " .. int(limit) .. " min exceeds the " .. class_name
+           .. " class maximum of " .. int(class.max_time) .. " min (-t)", nil, gpus
+  end
+  if limit == nil and class.default_time then changes.time_limit = class.default_time end
+  local message = ""
+  if borrowing then
+    if job.requeue == 0 then
+      message = "--no-requeue ignored: borrowed capacity is reclaimed by requeue"
+    end
+    changes.requeue = 1
+  end
+  return "accept", message, changes, gpus
+end
+
+-- decide._decide_modify
+local function decide_modify(update, submit_uid)
+  local user = update.user or ""
+  if submit_uid == 0 or OPERATORS[user] then return "accept", "", {}, 0 end
+  local priority = update.priority
+  if priority ~= nil and priority ~= 0 and priority ~= INFINITE32 then
+    return "reject", "only operators may change a job's priority", nil, 0
+  end
+  if update.nice ~= nil and update.nice < 0 then
+    return "reject", "a negative nice raises priority: only operators may use it", nil, 0
+  end
+  for _, key in ipairs({ "partition", "qos", "account" }) do
+    if text(update[key]) ~= nil then
+      return "reject", "the policy sets " .. key .. "; cancel and resubmit with other "
+             .. "-A/--qos instead of changing it", nil, 0
+    end
+  end
+  local gpus, problem = price(gpus_after_update, update)
+  if problem ~= nil then
+    return "reject", "cannot count the GPUs after this update: " .. problem, nil, 0
+  end
+  if gpus == nil then return "accept", "", {}, 0 end
+  local cap
+  for _, queue in ipairs(queues_of(user)) do
+    if cap == nil or queue.modify_cap > cap then cap = queue.modify_cap end
+  end
+  if cap == nil then
+    if UNMANAGED_ALLOW then return "accept", "", {}, gpus end
+    return "reject", "user " .. user .. " is not in any queue of this cluster: GPU-related "
+           .. "changes are refused", nil, gpus
+  end
+  if gpus > cap then
+    return "reject", "after this update the job could use up to " .. int(gpus) .. " GPUs; "
+           .. "your queues allow at most " .. int(cap) .. ". Job updates do not show the "
+           .. "job itself, so what the update leaves out is priced at its worst: give the "
+           .. "whole shape in one update (e.g. NumNodes=2 TresPerNode=gres/gpu:8), or "
+           .. "cancel and resubmit", nil, gpus
+  end
+  return "accept", "", {}, gpus
+end
+
+-- The job as the shim hands it to the policy: each field read once from job_desc
+-- (every read is a call into slurmctld), unset numbers as nil, nice signed.
+local function u32(value) if value == NO_VAL then return nil end return value end
+local function u16(value) if value == NO_VAL16 then return nil end return value end
+
+local function read_job(job_desc, user)
+  local nice = job_desc.nice
+  if nice == NO_VAL then nice = nil elseif nice ~= nil then nice = nice - NICE_OFFSET end
+  return {
+    user = user,
+    account = job_desc.account, qos = job_desc.qos, partition = job_desc.partition,
+    tres_per_job = job_desc.tres_per_job, tres_per_node = job_desc.tres_per_node,
+    tres_per_socket = job_desc.tres_per_socket, tres_per_task = job_desc.tres_per_task,
+    req_nodes = job_desc.req_nodes,
+    min_nodes = u32(job_desc.min_nodes), max_nodes = u32(job_desc.max_nodes),
+    num_tasks = u32(job_desc.num_tasks), ntasks_per_node = u16(job_desc.ntasks_per_node),
+    ntasks_per_tres = u16(job_desc.ntasks_per_tres),
+    sockets_per_node = u16(job_desc.sockets_per_node),
+    priority = u32(job_desc.priority), time_limit = u32(job_desc.time_limit),
+    requeue = u16(job_desc.requeue), nice = nice,
+  }
+end
+
+local function submit(job_desc, submit_uid)
+  return decide(read_job(job_desc, job_desc.user_name), submit_uid)
+end
+
+local function modify(job_desc, job_rec, modify_uid)
+  local user = job_desc.user_name
+  if user == nil and job_rec ~= nil and job_rec.user_id == modify_uid then
+    user = job_rec.user_name
+  end
+  return decide_modify(read_job(job_desc, user), modify_uid)
+end
+
+-- Never fail open: an error in the script refuses the job (job_submit/lua itself
+-- would let it through), as the shim does.
+local function answer(what, job_desc, ok, action, message, changes)
+  if not ok then
+    slurm.log_user("%s", "slurmkit policy could not evaluate this " .. what .. " (Lua: "
+                   .. tostring(action) .. "); please report it to the cluster admins")
+    return slurm.ERROR
+  end
+  if message ~= "" then slurm.log_user("%s", message) end
+  if action ~= "accept" then return slurm.ERROR end
+  for _, key in ipairs(CHANGE_ORDER) do
+    if changes[key] ~= nil then job_desc[key] = changes[key] end
+  end
+  return slurm.SUCCESS
 end
 
 function slurm_job_submit(job_desc, part_list, submit_uid)
-  local user = job_desc.user_name
-  if submit_uid == 0 or operators[user] then return slurm.SUCCESS end
-  local account = job_desc.account
-  local queue
-  if account == nil then
-    for _, name in ipairs(queue_order) do
-      if queues[name].users[user] or queues[name].users["*"] then queue = queues[name]; account = name; break end
-    end
-    if queue == nil then return reject("user " .. user .. " is not in any queue of this cluster; ask the admins to add you to one") end
-    job_desc.account = account
-  else
-    queue = queues[account]
-    if queue == nil then return reject("account '" .. account .. "' is not a queue of this cluster") end
-  end
-  if not (queue.users[user] or queue.users["*"]) then
-    return reject("user " .. user .. " may not submit to queue " .. account)
-  end
-  local class_name = job_desc.qos or queue.default_class
-  local class = classes[class_name]
-  if class == nil then return reject("QOS '" .. class_name .. "' is not a workload class; use --qos with one of " .. queue.class_list) end
-  if not queue.classes[class_name] then return reject("queue " .. account .. " does not run " .. class_name .. " jobs; use --qos with one of " .. queue.class_list) end
-  if job_desc.priority ~= nil and job_desc.priority ~= slurm.NO_VAL and job_desc.priority ~= 0 then
-    return reject("only operators may set --priority; the workload class sets it (--qos " .. class_name .. ")")
-  end
-  local n = gpus(job_desc)
-  local cap = queue.guaranteed
-  if class.borrow then cap = cap + queue.borrow end
-  if n > cap then return reject("the job asks for " .. n .. " GPUs; queue " .. account .. " may use at most " .. queue.guaranteed .. " guaranteed") end
-  local allowed = {{}}
-  if n <= queue.guaranteed then table.insert(allowed, queue.partition) end
-  local may_borrow = class.borrow and queue.borrow > 0
-  if may_borrow then table.insert(allowed, class.partition) end
-  if job_desc.partition ~= nil then
-    for part in string.gmatch(job_desc.partition, "[^,]+") do
-      local ok = false
-      for _, a in ipairs(allowed) do if a == part then ok = true end end
-      if not ok then return reject("partition(s) " .. part .. " are not open to " .. class_name .. " jobs of queue " .. account) end
-    end
-  else
-    job_desc.partition = table.concat(allowed, ",")
-  end
-  job_desc.qos = class_name
-  local limit = job_desc.time_limit
-  if limit ~= nil and limit ~= slurm.NO_VAL and class.max_time ~= nil and limit > class.max_time then
-    return reject("time limit " .. limit .. " min exceeds the " .. class_name .. " class maximum of " .. class.max_time .. " min (-t)")
-  end
-  if (limit == nil or limit == slurm.NO_VAL) and class.default_time ~= nil then job_desc.time_limit = class.default_time end
-  if may_borrow then job_desc.requeue = 1 end
-  return slurm.SUCCESS
+  return answer("job", job_desc, pcall(submit, job_desc, submit_uid))
 end
 
 function slurm_job_modify(job_desc, job_rec, part_list, modify_uid)
-  return slurm.SUCCESS
+  return answer("update", job_desc, pcall(modify, job_desc, job_rec, modify_uid))
 end
+
+-- For tests/unit/test_policy_lua.py (the decision with its GPU count).
+slurmkit_policy = { decide = decide, decide_modify = decide_modify, read_job = read_job }
 
 return slurm.SUCCESS
 """

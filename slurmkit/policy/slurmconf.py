@@ -6,6 +6,9 @@ Pure: ``render_fragment`` returns text; ``sacctmgr_plan`` returns argv lists.
 
 from __future__ import annotations
 
+import re
+
+from slurmkit.errors import UserInputError
 from slurmkit.policy.config import PolicyConfig
 
 #: PriorityTier of guaranteed partitions: above every borrowed partition.
@@ -37,11 +40,61 @@ StatsFile={stats_file}
 """
 
 
+#: A value slurm.conf reads as one token of one line: no space or '#' (they end the
+#: value), no quote, no control character (a newline would start a new line, e.g.
+#: ``PrologSlurmctld=...``).
+_CONF_VALUE_RE = re.compile(r"[A-Za-z0-9._\[\],:/-]{1,8192}")
+
+
+def conf_value(value: object, what: str) -> str:
+    """``value`` as text for a ``Key=Value`` of slurm.conf; UserInputError if it could
+    end its token or its line. The configuration loader validates the same values:
+    this is the check at the boundary, for a PolicyConfig built any other way."""
+    text = str(value)
+    if not _CONF_VALUE_RE.fullmatch(text):
+        raise UserInputError(f"refusing to write {what}={text!r} into slurm.conf: only "
+                             "letters, digits and . _ [ ] , : / - may appear in a value")
+    return text
+
+
+def comment_text(text: str) -> str:
+    """``text`` for a ``#`` comment line: non-printable characters escaped."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
+def render_shim_conf(*, policy: object, fail_mode: str, python_path: object,
+                     stats_file: object) -> str:
+    """job_submit_python.conf. The shim reads ``Key=Value`` lines and trims trailing
+    blanks: a value with a control character (a newline would add a line, e.g. a
+    second ``FailMode=``) or surrounding blanks is refused (UserInputError)."""
+    if fail_mode not in ("closed", "open"):
+        raise UserInputError(f"FailMode {fail_mode!r}: expected closed or open")
+    values = {}
+    for key, value in (("Policy", policy), ("PythonPath", python_path),
+                       ("StatsFile", stats_file)):
+        text = str(value)
+        if (not text or text != text.strip()
+                or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text)):
+            raise UserInputError(f"refusing to write {key}={text!r} into "
+                                 "job_submit_python.conf: paths there must not contain "
+                                 "control characters or start or end with blanks")
+        values[key] = text
+    return SHIM_CONF.format(policy=values["Policy"], fail_mode=fail_mode,
+                            python_path=values["PythonPath"], stats_file=values["StatsFile"])
+
+
+def render_entry_module(config_path: object) -> str:
+    """job_submit.py: the path is a Python string literal (``repr``), whatever it holds."""
+    return JOB_SUBMIT_ENTRY.format(config=str(config_path))
+
+
 def render_fragment(config: PolicyConfig, *, job_submit_plugins: str = "python") -> str:
     """slurm.conf lines: preemption by partition tier, one guaranteed partition per
-    queue, one borrowed partition per class, an operators' default partition."""
+    queue, one borrowed partition per class, an operators' default partition. Every
+    interpolated value is checked by ``conf_value`` (UserInputError otherwise)."""
     lines = [
-        f"# Managed by `slurmkit policy install` from {config.source}; do not edit.",
+        (f"# Managed by `slurmkit policy install` from {comment_text(config.source)}; "
+         "do not edit."),
         "# Guaranteed partitions (never preempted) outrank every borrowed partition; a",
         "# borrowed partition of a higher class rank preempts lower ones (requeue).",
         "PreemptType=preempt/partition_prio",
@@ -54,20 +107,28 @@ def render_fragment(config: PolicyConfig, *, job_submit_plugins: str = "python")
         "PriorityMaxAge=1-0",
     ]
     if job_submit_plugins:
-        lines.append(f"JobSubmitPlugins={job_submit_plugins}")
-    nodes = config.nodes
+        lines.append(f"JobSubmitPlugins={conf_value(job_submit_plugins, 'JobSubmitPlugins')}")
+    nodes = conf_value(config.nodes, "Nodes")
     lines.append(f"PartitionName={OPERATOR_PARTITION} Nodes={nodes} Default=YES "
                  "AllowAccounts=root PriorityTier=1 PreemptMode=OFF MaxTime=INFINITE State=UP")
     for queue in config.queues.values():
-        lines.append(f"PartitionName={queue.partition} Nodes={nodes} "
-                     f"AllowAccounts={queue.name} QOS={queue.quota_qos} "
+        lines.append(f"PartitionName={conf_value(queue.partition, 'PartitionName')} "
+                     f"Nodes={nodes} AllowAccounts={conf_value(queue.name, 'AllowAccounts')} "
+                     f"QOS={conf_value(queue.quota_qos, 'QOS')} "
                      f"PriorityTier={GUARANTEED_TIER} PreemptMode=OFF MaxTime=INFINITE State=UP")
     for job_class in config.classes.values():
         if job_class.borrow:
-            lines.append(f"PartitionName={job_class.borrow_partition} Nodes={nodes} "
-                         f"PriorityTier={10 * job_class.rank} PreemptMode=REQUEUE "
-                         f"GraceTime={job_class.grace_s} MaxTime=INFINITE State=UP")
-    return "\n".join(lines) + "\n"
+            lines.append(
+                f"PartitionName={conf_value(job_class.borrow_partition, 'PartitionName')} "
+                f"Nodes={nodes} PriorityTier={conf_value(10 * job_class.rank, 'PriorityTier')} "
+                f"PreemptMode=REQUEUE GraceTime={conf_value(job_class.grace_s, 'GraceTime')} "
+                "MaxTime=INFINITE State=UP")
+    text = "\n".join(lines) + "\n"
+    # Belt and braces: one line per entry above, whatever the values were.
+    if text.count("\n") != len(lines) or any(ch in text for ch in "\r\0\x0b\x0c"):
+        raise UserInputError("refusing to write a slurm.conf fragment with an extra line "
+                             "break; check the policy's names")
+    return text
 
 
 def sacctmgr_plan(config: PolicyConfig, cluster: str) -> list[tuple[str, list[str] | None, list[str]]]:

@@ -18,6 +18,25 @@ UNUSABLE_NODE_STATES = frozenset({
 })
 
 
+#: Every state sacct prints for a run (its first word: "CANCELLED by 2001" is CANCELLED).
+JOB_STATES = frozenset({
+    "PENDING", "RUNNING", "SUSPENDED", "COMPLETED", "CANCELLED", "FAILED", "TIMEOUT",
+    "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE", "OUT_OF_MEMORY", "REQUEUED",
+    "RESIZING", "REVOKED", "REQUEUE_FED", "REQUEUE_HOLD", "SPECIAL_EXIT", "COMPLETING",
+    "CONFIGURING", "STOPPED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD",
+})
+
+
+def tres_gpus(allocated: dict[str, float]) -> int:
+    """GPUs in a TRES map (``slurm.parse.tres``): the generic ``gres/gpu`` count, which
+    Slurm lists beside the typed ``gres/gpu:a100`` counts it sums, else the sum of the
+    typed ones. A count that is no number of GPUs (inf, nan, 2^31 or more) is 0."""
+    count = allocated.get("gres/gpu")
+    if count is None:
+        count = sum(value for key, value in allocated.items() if key.startswith("gres/gpu:"))
+    return int(count) if 0 <= count < 2 ** 31 else 0
+
+
 @dataclass(frozen=True, slots=True)
 class Node:
     """One compute node as slurmctld sees it (``scontrol show nodes --json``)."""
@@ -99,6 +118,9 @@ class Job:
     allocated_tres: dict[str, float] = field(default_factory=dict, hash=False)
     stdout_path: str = ""
     working_directory: str = ""
+    comment: str = ""
+    #: When preemption of this job began (its grace time runs from here); None if never.
+    preempt_epoch_s: int | None = None
 
     @property
     def display_id(self) -> str:
@@ -163,4 +185,4 @@ class AccountingRecord:
 
     @property
     def gpus(self) -> int:
-        return int(self.allocated_tres.get("gres/gpu", 0))
+        return tres_gpus(self.allocated_tres)

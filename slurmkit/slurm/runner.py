@@ -34,30 +34,51 @@ from slurmkit.errors import (
 )
 
 #: Variables that change what Slurm's commands print or submit. They are removed from
-#: the environment slurmkit runs Slurm in, so that a user's SQUEUE_FORMAT or a stray
-#: SBATCH_PARTITION cannot change parsed output or a rendered submission behind the
-#: spec's back (ReFrame does the same).
-_DROPPED_PREFIXES = ("SBATCH_", "SALLOC_", "SQUEUE_", "SINFO_", "SACCT_", "SCONTROL_")
-_DROPPED_NAMES = ("SLURM_TIME_FORMAT",)
+#: the environment slurmkit runs Slurm in, locally and over SSH, so that a user's
+#: SQUEUE_FORMAT or an inherited SBATCH_* / SLURM_* cannot change parsed output or a
+#: rendered submission behind the spec's back (ReFrame does the same). sbatch reads
+#: about sixty SBATCH_* variables (sbatch/opt.c env_vars[]: SBATCH_NO_REQUEUE defeats
+#: --requeue, SBATCH_PARTITION, SBATCH_GPUS, ...) and some SLURM_* ones (SLURM_CLUSTERS,
+#: SLURM_HINT, SLURM_UMASK, SLURM_EXIT_ERROR), and every inherited SLURM_*/SRUN_* value
+#: reaches the job's environment, where srun reads it (SLURM_CPUS_PER_TASK,
+#: SLURM_NTASKS...): so whole prefixes go, not a list of names.
+_DROPPED_PREFIXES = ("SBATCH_", "SALLOC_", "SRUN_", "SLURM_", "SQUEUE_", "SINFO_", "SACCT_",
+                     "SCONTROL_", "SPRIO_", "SSHARE_", "SSTAT_")
+#: Kept although they match: where slurm.conf is (a site may need it to reach the
+#: cluster at all).
+KEPT_ENV = ("SLURM_CONF",)
 #: Pinned so that times in text output are UNIX epoch seconds (strftime's %s): no
 #: time zone to guess when sacct ran on a login node in another zone.
 PINNED_ENV = {"SLURM_TIME_FORMAT": "%s"}
 
 
+def _dropped(name: str) -> bool:
+    return name.startswith(_DROPPED_PREFIXES) and name not in KEPT_ENV
+
+
 def slurm_environment(base: Mapping[str, str], keep: Sequence[str] = ()) -> dict[str, str]:
-    """Return ``base`` without Slurm's output/submission overrides, plus ``PINNED_ENV``.
+    """Return ``base`` without Slurm's output/submission overrides (every variable
+    with a prefix in ``_DROPPED_PREFIXES`` except ``KEPT_ENV``), plus ``PINNED_ENV``.
 
     ``keep`` names variables to keep although they match a dropped prefix.
     """
     kept = set(keep)
-    env = {
-        name: value
-        for name, value in base.items()
-        if name in kept
-        or not (name.startswith(_DROPPED_PREFIXES) or name in _DROPPED_NAMES)
-    }
+    env = {name: value for name, value in base.items() if name in kept or not _dropped(name)}
     env.update(PINNED_ENV)
     return env
+
+
+#: The same scrub on the login node, whose environment slurmkit cannot see (the user's
+#: shell start-up files may export SBATCH_*). POSIX sh: list the environment's names,
+#: unset those with a dropped prefix; ``command unset`` so that a name sh rejects does
+#: not end the shell (a special built-in's error would); globbing off for the loop.
+#: Then exec the command given as arguments.
+_REMOTE_SCRUB = (
+    'set -f; for name in $(env | cut -d= -f1); do case "$name" in '
+    + " | ".join(KEPT_ENV) + ") ;; "
+    + " | ".join(f"{prefix}*" for prefix in _DROPPED_PREFIXES)
+    + ') command unset "$name" 2>/dev/null ;; esac; done; set +f; exec "$@"'
+)
 
 
 @dataclass(frozen=True)
@@ -162,9 +183,82 @@ class RecordingRunner:
         return self.responder(call)
 
 
+class ReplayRunner:
+    """Runs nothing: answers from outputs recorded in ``directory``, described by its
+    ``manifest.json``: ``[{"argv": ["scontrol", "show", "nodes"], "stdout": "nodes.json",
+    "stderr": "", "returncode": 0}, ...]``. The first entry whose argv is a prefix of
+    the command answers; a command nothing answers fails (exit 1) as an unknown
+    command would. Files are read once (``slurmkit.files``, bounded).
+
+    For tests, benchmarks (``bench/cli.py``) and reproducing a user's report without
+    their cluster: ``slurmkit --replay DIR`` or ``SLURMKIT_REPLAY_DIR``.
+    """
+
+    #: A recorded output of 12,500 nodes is ~31 MB; far more is not a recording.
+    MAX_OUTPUT_BYTES = 1 << 30
+
+    def __init__(self, directory: str | os.PathLike):
+        import json
+
+        from slurmkit import files
+
+        self.directory = Path(directory)
+        self.where = f"replay of {self.directory}"
+        self.calls: list[tuple[str, ...]] = []
+        self._cache: dict[str, str] = {}
+        manifest_path = self.directory / "manifest.json"
+        text = files.read_text(manifest_path, "replay manifest")
+        try:
+            manifest = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as error:
+            raise UserInputError(f"replay manifest {manifest_path} is not JSON: {error}") from None
+        self.entries: list[tuple[tuple[str, ...], dict]] = []
+        if not isinstance(manifest, list):
+            raise UserInputError(f"replay manifest {manifest_path}: expected a JSON list")
+        for index, entry in enumerate(manifest):
+            argv = entry.get("argv") if isinstance(entry, dict) else None
+            if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)
+                    and isinstance(entry.get("stdout", ""), str)
+                    and isinstance(entry.get("stderr", ""), str)
+                    and type(entry.get("returncode", 0)) is int):
+                raise UserInputError(f"replay manifest {manifest_path} entry {index}: expected "
+                                     '{"argv": [...], "stdout": FILE, "stderr": TEXT, '
+                                     '"returncode": N}')
+            self.entries.append((tuple(argv), entry))
+
+    def _output(self, name: str) -> str:
+        from slurmkit import files
+
+        if name not in self._cache:
+            path = self.directory / name
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise UserInputError(f"replay manifest names {name!r} outside {self.directory}")
+            self._cache[name] = files.read_text(path, "recorded output",
+                                                max_bytes=self.MAX_OUTPUT_BYTES)
+        return self._cache[name]
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout_s: float = 60.0,
+        input_text: str | None = None,
+    ) -> CommandResult:
+        call = tuple(str(arg) for arg in argv)
+        self.calls.append(call)
+        for prefix, entry in self.entries:
+            if call[:len(prefix)] == prefix:
+                stdout = self._output(entry["stdout"]) if entry.get("stdout") else ""
+                return CommandResult(call, entry.get("returncode", 0), stdout,
+                                     entry.get("stderr", ""), self.where)
+        return CommandResult(call, 1, "", f"{call[0]}: no recorded output for this command "
+                                          f"in {self.directory}", self.where)
+
+
 # --------------------------------------------------------------------------- SSH
 
-_TARGET_RE = re.compile(r"^(?:(?P<user>[^@\s]+)@)?(?P<host>\[[^\]]+\]|[^:@\s]+)(?::(?P<port>\d+))?$")
+_TARGET_RE = re.compile(
+    r"^(?:(?P<user>[^@\s]+)@)?(?P<host>\[[^\]]+\]|[^:@\s]+)(?::(?P<port>[0-9]{1,5}))?$")
 
 
 @dataclass(frozen=True)
@@ -177,7 +271,7 @@ class SSHTarget:
 
     @classmethod
     def parse(cls, text: str) -> SSHTarget:
-        match = _TARGET_RE.match(text.strip())
+        match = _TARGET_RE.match(text.strip()) if text.isprintable() else None
         if not match:
             raise UserInputError(
                 f"invalid SSH target {text!r}: expected [USER@]HOST[:PORT], "
@@ -208,9 +302,10 @@ class SSHRunner:
     and host keys checked against known_hosts: an unknown or changed host key is an
     error, never trusted on first use.
 
-    The remote side gets ``env -u ... VAR=... timeout --kill-after=5 T argv...`` joined
-    with ``shlex.join``, so each argument arrives as one word whatever it contains, and
-    a timeout kills the remote command too, not just the local wait.
+    The remote side gets ``sh -c SCRUB ... env VAR=... timeout --kill-after=5 T argv...``
+    joined with ``shlex.join`` (see ``remote_command``), so each argument arrives as one
+    word whatever it contains, inherited Slurm variables are dropped there too, and a
+    timeout kills the remote command, not just the local wait.
     """
 
     def __init__(
@@ -240,11 +335,13 @@ class SSHRunner:
         self.close()
 
     def remote_command(self, argv: Sequence[str], timeout_s: float) -> str:
-        unset = [part for name in _REMOTE_UNSET for part in ("-u", name)]
+        """The command line sent to sshd (run by the user's login shell): ``sh`` scrubs
+        the environment as ``slurm_environment`` does, then ``env`` pins PINNED_ENV and
+        ``timeout`` bounds the command. Every argument is one shell word."""
         pinned = [f"{name}={value}" for name, value in PINNED_ENV.items()]
         return shlex.join(
-            ["env", *unset, *pinned, "timeout", "--kill-after=5", f"{timeout_s:g}",
-             *[str(arg) for arg in argv]]
+            ["sh", "-c", _REMOTE_SCRUB, "slurmkit-env", "env", *pinned, "timeout",
+             "--kill-after=5", f"{timeout_s:g}", *[str(arg) for arg in argv]]
         )
 
     def run(
@@ -289,15 +386,16 @@ class SSHRunner:
 
         client = paramiko.SSHClient()
         known_hosts = self.known_hosts_path or Path.home() / ".ssh" / "known_hosts"
-        if known_hosts.exists():
-            client.load_host_keys(str(known_hosts))
+        if self.known_hosts_path is not None or known_hosts.exists():
+            _load_known_hosts(client.get_host_keys(), known_hosts)
         client.set_missing_host_key_policy(_RefuseUnknownHost(known_hosts))
+        key = _load_private_key(self.key_path) if self.key_path else None
         try:
             client.connect(
                 self.target.host,
                 port=self.target.port,
                 username=self.target.user,
-                key_filename=str(self.key_path) if self.key_path else None,
+                pkey=key,
                 look_for_keys=self.key_path is None,
                 allow_agent=self.key_path is None,
                 timeout=self.connect_timeout_s,
@@ -331,9 +429,55 @@ class SSHRunner:
         return client
 
 
-_REMOTE_UNSET = ("SQUEUE_FORMAT", "SQUEUE_FORMAT2", "SQUEUE_SORT", "SINFO_FORMAT",
-                 "SINFO_SORT", "SACCT_FORMAT", "SBATCH_PARTITION", "SBATCH_ACCOUNT",
-                 "SBATCH_QOS", "SBATCH_EXPORT")
+#: known_hosts and key files are a few KB; far larger is not one.
+_MAX_SSH_FILE_BYTES = 16 << 20
+
+
+def _load_known_hosts(host_keys, path: Path) -> None:
+    """Read known_hosts through ``slurmkit.files`` (a FIFO, a device, bad UTF-8 are
+    errors naming the file) into paramiko's HostKeys. Lines paramiko cannot parse are
+    skipped, as OpenSSH skips them (paramiko's own loader raises on bad base64)."""
+    from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
+    from paramiko.ssh_exception import SSHException
+
+    from slurmkit import files
+
+    text = files.read_text(path, "known_hosts file (--known-hosts)",
+                           max_bytes=_MAX_SSH_FILE_BYTES)
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            entry = HostKeyEntry.from_line(line, number)
+        except (SSHException, InvalidHostKey, ValueError, TypeError, IndexError):
+            continue
+        if entry is not None and entry.key is not None:
+            for name in entry.hostnames:
+                host_keys.add(name, entry.key.get_name(), entry.key)
+
+
+def _load_private_key(path: Path):
+    """The --ssh-key file as a paramiko key: a missing, special or unreadable file and
+    a file that is no usable private key are input errors naming the file (not a
+    connection problem)."""
+    import paramiko
+
+    from slurmkit import files
+
+    files.read_bytes(path, "SSH key file (--ssh-key)", max_bytes=_MAX_SSH_FILE_BYTES)
+    try:
+        return paramiko.PKey.from_path(path)
+    except TypeError as error:  # cryptography: encrypted and no password given
+        raise UserInputError(f"SSH key file {path} is encrypted ({error}): load it into "
+                             "ssh-agent (`ssh-add`) and leave out --ssh-key") from None
+    except (ValueError, paramiko.SSHException, OSError) as error:
+        raise UserInputError(f"SSH key file {path} is not a private key slurmkit can use "
+                             f"({type(error).__name__}: {error}); give the private key, not "
+                             "the .pub file") from None
+    except Exception as error:  # cryptography's UnsupportedAlgorithm and the like
+        raise UserInputError(f"SSH key file {path} cannot be used: {type(error).__name__}: "
+                             f"{error}") from None
 
 
 def _fingerprint(key) -> str:
@@ -374,7 +518,13 @@ def _drain(channel, deadline: float) -> tuple[str, str]:
         while channel.recv_stderr_ready():
             err.append(channel.recv_stderr(65536))
             progressed = True
-        if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+        # The exit status can arrive before the last of the output (sshd sends it when
+        # the command exits, with output still in flight): only the end of the stream
+        # (EOF, or the channel closed) says that nothing more will come. Stopping at the
+        # exit status cut a 200-line `sacct --json` short.
+        ended = channel.eof_received or channel.closed
+        if ended and channel.exit_status_ready() and not channel.recv_ready() \
+                and not channel.recv_stderr_ready():
             break
         if not progressed:
             # Blocks until data or 0.5 s, whichever first; keeps the loop cheap.

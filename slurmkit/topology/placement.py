@@ -70,7 +70,7 @@ def place(topology: Topology, free: Iterable[str], count: int, *,
     capacity_leaves = _best_switch(topology, capacity, count)
     explanation = [
         f"request: {count} node(s); free and healthy: {len(free_set)} on "
-        f"{len(free_by_leaf)} leaf switch(es); unhealthy avoided: "
+        f"{len(free_by_leaf)} leaf switch(es); lemon nodes avoided: "
         f"{hostlist.compress(sorted(unhealthy)) or 'none'}"
     ]
     best = _best_switch(topology, {leaf: len(nodes) for leaf, nodes in free_by_leaf.items()},

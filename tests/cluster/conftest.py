@@ -88,10 +88,15 @@ def slurm(cluster) -> SlurmClient:
 
 
 class JobTracker:
-    """Submits jobs for a test and cancels all of them when the test ends."""
+    """Submits jobs for a test and cancels all of them when the test ends.
 
-    def __init__(self, client: SlurmClient):
+    Tests track other users' jobs too (bob's borrowed training), so the cancel is made
+    by root on the controller: alice's scancel of bob's job is refused, and a refused
+    cancel left the job running into the next test."""
+
+    def __init__(self, client: SlurmClient, admin: SlurmClient):
         self.client = client
+        self.admin = admin
         self.job_ids: list[int] = []
 
     def submit(self, script: str, args: Sequence[str] = ()) -> int:
@@ -144,7 +149,7 @@ class JobTracker:
         if not queued:
             return
         try:
-            self.client.cancel(queued)
+            self.admin.cancel(queued)
         except SlurmCommandError:
             pass  # a job may have ended between the query and scancel
         wait_until("cancelled jobs to leave the queue",
@@ -154,8 +159,8 @@ class JobTracker:
 
 
 @pytest.fixture
-def jobs(slurm):
-    tracker = JobTracker(slurm)
+def jobs(slurm, cluster):
+    tracker = JobTracker(slurm, SlurmClient(ContainerRunner(cluster, "ctl", "root")))
     yield tracker
     tracker.cancel_all()
 

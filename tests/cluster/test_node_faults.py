@@ -69,16 +69,27 @@ def test_failed_nodes_fail_their_jobs_per_their_flags_come_back_and_are_avoided(
     assert rerun.restart_count == 1
     print(f"{victim} declared down {detected_s:.0f} s after the crash")
 
-    # slurmkit submit remembers the failure: the node is back in service, but a
-    # two-node job is placed on the other leaf and the node is excluded outright.
+    # slurmkit submit remembers the failure, but one crash of a node that came back does
+    # not make it a lemon: both jobs it killed are one incident, and it is not avoided.
     jobs.cancel_all()
     since = f"now-{int(time.monotonic() - crashed_at) + 5}seconds"  # this crash only
+    result = cluster.exec("login", ["slurmkit", "submit", spec_path, "--dry-run", "--json",
+                                    "--explain", "--health-since", since],
+                          user="alice", check=False)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["placement"]["exclude"] is None
+    assert "NODE_FAIL run(s) in the window, 0 with no node named" in result.stderr
+    assert "1 node(s) failed in the window and are back in service: not avoided" \
+        in result.stderr
+    # With a threshold of one failure it is a lemon: the two-node job goes to the other
+    # leaf and the node is excluded outright (three nodes stay, more than the job's two).
     result = cluster.exec("login", ["slurmkit", "submit", spec_path, "--json", "--explain",
-                                    "--health-since", since], user="alice", check=False)
+                                    "--health-since", since, "--max-node-failures", "1"],
+                          user="alice", check=False)
     assert result.returncode == 0, result.stderr
     submitted = json.loads(result.stdout)
     jobs.job_ids.append(submitted["job_id"])
     other_leaf = sorted(node for node, leaf in leaf_of.items() if leaf != leaf_of[victim])
     assert submitted["placement"]["exclude"] == victim
     assert list(expand(submitted["placement"]["nodelist"])) == other_leaf
-    assert f"unhealthy avoided: {victim}" in result.stderr
+    assert f"excluded lemons: {victim} (1 failure(s), back in service)" in result.stderr

@@ -211,6 +211,82 @@ def test_a_failing_policy_never_takes_slurmctld_down(cluster, policy_installed, 
     assert sbatch(cluster, "alice", ["--hold"])[0]
 
 
+INSTALLED_POLICY = "/etc/slurm/slurmkit-policy.toml"
+SHIM_CONF = "/etc/slurm/job_submit_python.conf"
+CTL_LOG = "/var/log/slurm/slurmctld.log"
+
+
+def _replace_on_ctl(cluster, path: str, shell_producer: str) -> None:
+    """Atomically replace a file on the controller with what a shell command prints."""
+    cluster.exec("ctl", ["bash", "-c", f"{shell_producer} > {path}.new && "
+                         f"touch -d '+1 sec' {path}.new && mv {path}.new {path}"])
+
+
+def test_a_broken_configuration_reload_never_lets_a_job_through(cluster, policy_installed,
+                                                                cleanup):
+    """With FailMode=open, a configuration that fails to reload (not UTF-8, a wrong
+    type, nested too deeply) once let a job through unpoliced every few seconds (the
+    runtime's periodic check raised out of job_submit). The previous policy must keep
+    deciding, for longer than that period, and each bad version be logged once."""
+    from slurmkit.policy.runtime import FALLBACK_CHECK_S
+
+    conf = cluster.exec("ctl", ["cat", SHIM_CONF]).stdout
+    good = cluster.exec("ctl", ["cat", INSTALLED_POLICY]).stdout
+    try:
+        cluster.exec("ctl", ["sed", "-i", "s/^FailMode=.*/FailMode=open/", SHIM_CONF])
+        cluster.reconfigure()
+        log_from = int(cluster.exec("ctl", ["wc", "-l", CTL_LOG]).stdout.split()[0]) + 1
+        broken = [rf"sed 's/^nodes = .*/&\noperators = 5/' {INSTALLED_POLICY}",  # first:
+                  r"printf '\377\376 not UTF-8\n'",                  # it reads the good one
+                  "python3 -c \"print('x = ' + '[' * 3000 + ']' * 3000)\""]
+        for producer in broken:
+            _replace_on_ctl(cluster, INSTALLED_POLICY, producer)
+            deadline = time.monotonic() + FALLBACK_CHECK_S + 2  # one check and more
+            while time.monotonic() < deadline:
+                job_id, stderr = sbatch(cluster, "alice", ["--hold", "-N8",
+                                                           "--gpus-per-node=8"])
+                assert job_id is None and "the job asks for 64 GPUs" in stderr, stderr
+                job_id, stderr = sbatch(cluster, "alice", ["--hold", "-o", "/dev/null"])
+                [job] = as_user(cluster, "alice").jobs(job_ids=[job_id])
+                assert job.partition == "guar-team-a,borrow-training", (producer, job)
+        log = cluster.exec("ctl", ["tail", "-n", f"+{log_from}", CTL_LOG]).stdout
+        assert log.count("keeps serving until the file is fixed") == len(broken), log[-3000:]
+    finally:
+        cluster.exec("ctl", ["tee", SHIM_CONF], input_text=conf)
+        cluster.exec("ctl", ["tee", INSTALLED_POLICY], input_text=good)
+        cluster.reconfigure()
+
+
+@pytest.mark.parametrize("args, gpus", [
+    (["-N", "2-4", "--gpus-per-node=16"], 64),          # the maximum node count, not -N 2
+    (["--gres=gpu:1k"], 1024),                          # a size suffix
+    (["-N3", "--sockets-per-node=2", "--gpus-per-socket=8"], 48),
+    (["-n", "40", "--ntasks-per-gpu=1"], 40),           # GPUs Slurm derives from tasks
+])
+def test_gpus_are_priced_as_slurm_allocates_them(cluster, policy_installed, args, gpus):
+    job_id, stderr = sbatch(cluster, "alice", ["--hold", "-o", "/dev/null", *args])
+    assert job_id is None and f"the job asks for {gpus} GPUs" in stderr, stderr
+
+
+def test_updates_are_priced_and_users_release_their_own_holds(cluster, policy_installed,
+                                                              cleanup):
+    # The job outlives the checks below (a `true` job could run and leave the queue
+    # between the release and the query); the cleanup fixture cancels it.
+    job_id, stderr = sbatch(cluster, "alice", ["--hold", "-N1", "--gpus-per-node=8",
+                                               "-o", "/dev/null"], "#!/bin/bash\nsleep 120\n")
+    assert job_id, stderr
+    runner = ContainerRunner(cluster, "login", "alice")
+    grown = runner.run(["scontrol", "update", f"JobId={job_id}", "NumNodes=40"])
+    assert grown.returncode != 0, grown.stdout
+    reshaped = runner.run(["scontrol", "update", f"JobId={job_id}", "NumNodes=2",
+                           "TresPerNode=gres/gpu:8"])
+    assert reshaped.returncode == 0, reshaped.stderr
+    released = runner.run(["scontrol", "release", str(job_id)])  # priority INFINITE
+    assert released.returncode == 0, released.stderr
+    [job] = as_user(cluster, "alice").jobs(job_ids=[job_id])
+    assert job.state in ("PENDING", "RUNNING") and len(job.nodes) in (0, 2)
+
+
 def _corpus(count: int, seed: int = 4):
     randomness = random.Random(seed)
     users = ["alice", "bob", "carol"]

@@ -140,3 +140,29 @@ def test_unreachable_login_node_is_named(tmp_path):
     assert result.returncode == 1
     assert result.stderr.startswith("error: cannot open an SSH connection to 127.0.0.1:9")
     assert "Traceback" not in result.stderr
+
+
+def test_variables_from_the_login_shell_do_not_change_a_submission(cluster, ssh_runner):
+    """A user's shell start-up file on the login node exports SBATCH_*/SLURM_* values;
+    sbatch would let them override the script's #SBATCH lines (SBATCH_NO_REQUEUE beats
+    #SBATCH --requeue, SBATCH_PARTITION names a partition that does not exist).
+    slurmkit's SSH commands drop them."""
+    bashrc = "/home/alice/.bashrc"
+    assert cluster.exec("login", ["test", "-e", bashrc], check=False).returncode != 0, \
+        f"{bashrc} exists: this test writes and removes it"
+    cluster.exec("login", ["tee", bashrc], user="alice", input_text=(
+        "export SBATCH_NO_REQUEUE=1 SBATCH_PARTITION=nowhere SLURM_CLUSTERS=nowhere\n"))
+    client = SlurmClient(ssh_runner)
+    job_id = None
+    try:
+        # The condition under test: the login shell does export them to commands.
+        _, stdout, _ = ssh_runner._connect().exec_command("printenv SBATCH_NO_REQUEUE")
+        assert stdout.read().decode().strip() == "1", "bash did not read ~/.bashrc over SSH"
+        job_id = client.submit("#!/bin/bash\n#SBATCH --requeue\ntrue\n",
+                               ["--hold", "-J", "scrubbed", "-o", "/dev/null"]).job_id
+        [job] = client.jobs(job_ids=[job_id])
+        assert job.requeue and job.partition != "nowhere"
+    finally:
+        cluster.exec("login", ["rm", "-f", bashrc])
+        if job_id:
+            client.cancel([job_id])

@@ -1,5 +1,8 @@
-"""Surviving node loss on the real cluster: triggered checkpoints by the survivors,
-requeue, restart on fewer nodes with a re-planned layout, bitwise-equal results."""
+"""Surviving node loss through Slurm's requeue, on the real cluster ("fast" timeout
+profile): what in-place restarts fall back to (the batch host lost, too few nodes
+left) and the plain requeue path (``restart = "requeue"``). Triggered checkpoints by
+the survivors, restart on fewer nodes with a re-planned layout, bitwise-equal results.
+In-place restarts at Slurm's default timeouts: test_inplace.py."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from slurmkit.testing.training import (
     trainer_pids,
 )
 
-STEPS = 100
+STEPS = 60
 # Faster steps than the trainer's default 0.25 s: the scenario is the same, the test shorter.
 FAST = ("--step-seconds", "0.1")
 
@@ -26,16 +29,18 @@ def reference(cluster) -> str:
     return reference_sha(cluster, STEPS)
 
 
-def test_node_crash_resumes_on_three_nodes_from_the_last_completed_step(cluster, jobs,
-                                                                         reference):
-    training = Training.submit(cluster, "survive-crash", STEPS, trainer_args=FAST)
+def test_losing_the_batch_host_falls_back_to_a_requeue_on_three_nodes(cluster, jobs,
+                                                                     reference):
+    """The batch host (and with it the launch supervisor) dies: no restart in place is
+    possible. The ranks on the other nodes hear the supervisor fall silent, write the
+    triggered checkpoint, and Slurm requeues the job (NODE_FAIL) on the nodes left."""
+    training = Training.submit(cluster, "survive-batch-host", STEPS, trainer_args=FAST)
     jobs.job_ids.append(training.job_id)
     randomness = random.Random()
-    crash_step = randomness.randint(20, 60)
-    training.wait_step(crash_step)
+    training.wait_step(randomness.randint(15, 40))
     running = jobs.job(training.job_id)
     assert len(running.nodes) == 4
-    victim = randomness.choice(running.nodes)
+    victim = running.batch_host or running.nodes[0]
     cluster.crash(victim)
     try:
         # The node comes back while run 1 trains: in time for the next test, too late
@@ -47,12 +52,18 @@ def test_node_crash_resumes_on_three_nodes_from_the_last_completed_step(cluster,
         cluster.restore(victim)
     runs = training.wait_finished()
 
-    assert [r.state for r in runs] == ["NODE_FAIL", "COMPLETED"], runs
-    assert len(runs[1].nodes) == 3 and victim not in runs[1].nodes
+    # The survivors asked for the requeue (REQUEUED); had Slurm declared the node DOWN
+    # first, it would have ended the run itself (NODE_FAIL).
+    assert [r.state for r in runs if r.state != "RESIZING"] in (
+        ["REQUEUED", "COMPLETED"], ["NODE_FAIL", "COMPLETED"]), runs
+    assert len(runs[-1].nodes) == 3 and victim not in runs[-1].nodes
     events = training.events()
-    triggered = [e for e in events if e["event"] == "checkpoint" and e["kind"] == "triggered"
-                 and e.get("committed")]
-    assert len(triggered) <= 1, triggered  # one survivor writes, the others wait for it
+    assert not [e for e in events if e["event"] == "restart"]  # nothing restarted in place
+    # The survivors heard the supervisor fall silent, found the batch host down, and
+    # asked for the requeue (one request succeeds; the others find it requeued).
+    requests = [e for e in events if e["event"] == "requeue-requested"]
+    assert requests and {e["why"] for e in requests} == {f"the batch host {victim} is lost"}
+    assert any(e["returncode"] == 0 for e in requests), requests
     saved = survivors_save(events, run=0)
     assert saved is not None, "the survivors neither wrote nor found a checkpoint"
     checkpoint_step, kept_by = saved
@@ -70,10 +81,37 @@ def test_node_crash_resumes_on_three_nodes_from_the_last_completed_step(cluster,
                timeout_s=60)
 
 
-def test_a_crashed_rank_makes_its_siblings_checkpoint_through_spank(cluster, jobs, reference):
-    training = Training.submit(cluster, "survive-rank", STEPS, trainer_args=FAST)
+def test_too_few_nodes_left_falls_back_to_a_requeue(cluster, jobs, reference):
+    """A 4-node job (no elasticity, no spare) loses a node: the supervisor cannot
+    restart in place and asks for a requeue; the job finishes on 4 nodes again once
+    the node is back."""
+    training = Training.submit(cluster, "survive-min", STEPS, trainer_args=FAST,
+                               submit_args=("-N", "4"))
     jobs.job_ids.append(training.job_id)
-    training.wait_step(30)
+    training.wait_step(random.Random().randint(15, 40))
+    victim = jobs.job(training.job_id).nodes[2]
+    cluster.crash(victim)
+    [fallback] = wait_until("the fallback", lambda: [
+        e for e in training.events() if e["event"] == "restart-fallback"], timeout_s=60)
+    assert "3 node(s) left, the job needs at least 4" in fallback["reason"]
+    wait_until("the requeue", lambda: (job := training.job()) is not None
+               and job.restart_count >= 1, timeout_s=120, interval_s=0.5)
+    cluster.restore(victim)
+    runs = training.wait_finished()
+
+    assert [r.state for r in runs][-1] == "COMPLETED" and runs[-1].restarts == 1, runs
+    assert len(runs[-1].nodes) == 4
+    [restore] = [e for e in training.events() if e["event"] == "restore" and e["run"] == 1
+                 and e["rank"] == 0]
+    assert restore["step"] == fallback["checkpoint_step"] >= training.last_step(0)
+    assert training.final_sha() == reference
+
+
+def test_a_crashed_rank_makes_its_siblings_checkpoint_through_spank(cluster, jobs, reference):
+    training = Training.submit(cluster, "survive-rank", STEPS, trainer_args=FAST,
+                               submit_args=("--restart", "requeue"))
+    jobs.job_ids.append(training.job_id)
+    training.wait_step(20)
     running = jobs.job(training.job_id)
     node = running.nodes[1]  # not the batch host: the job script must survive to requeue
     pids = trainer_pids(cluster, node)

@@ -1,4 +1,4 @@
-"""Resharding, the PyTorch adapter (where torch is installed), and plan."""
+"""Resharding and plan. (The PyTorch adapter: test_torch_container.py.)"""
 
 import numpy as np
 import pytest
@@ -62,24 +62,3 @@ def test_rank_order_groups_nodes_by_leaf():
     leaf_of = {"a1": "l1", "a2": "l1", "b1": "l2", "b2": "l2", "b3": "l2"}
     assert rank_order(["a1", "b1", "a2", "b2", "b3"], leaf_of, pp=2) == \
         ["b1", "b2", "b3", "a1", "a2"]
-
-
-def test_torch_adapter_round_trip(tmp_path):
-    torch = pytest.importorskip("torch")
-    from slurmkit.ckpt import Checkpointer
-    from slurmkit.ckpt.torch_adapter import PinnedSnapshotter, flatten, unflatten_into
-
-    model = torch.nn.Linear(8, 4)
-    optimizer = torch.optim.Adam(model.parameters())
-    model(torch.randn(2, 8)).sum().backward()
-    optimizer.step()
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
-    ckpt = Checkpointer(tmp_path, signals=(), periodic_steps=1, snapshotter=PinnedSnapshotter())
-    ckpt.register(lambda: flatten(state))
-    ckpt.completed(1)
-    ckpt.maybe_checkpoint()
-    ckpt.close()
-    clone = torch.nn.Linear(8, 4)
-    restored = ckpt.restore()
-    unflatten_into({"model": clone.state_dict()}, restored.values)
-    assert torch.equal(clone.weight, model.weight)

@@ -18,17 +18,29 @@ from slurmkit.ckpt import EXIT_REQUEUE, Checkpointer, signal_number, store
 ROOT = Path(__file__).resolve().parents[2]
 
 # A trainer-like loop: the state at step s is [s, s, ...]; it announces each completed
-# step on stdout and sleeps inside the update window when SLOW_UPDATE is set.
+# step on stdout and sleeps inside the update window when SLOW_UPDATE is set. With
+# STOP_AT it stops after that step, as ranks blocked in a collective whose peer died;
+# with GATE its state is handed over only once that file exists (a slow snapshot).
 TRAINER = textwrap.dedent("""
     import os, sys, time
     import numpy as np
     from slurmkit.ckpt import Checkpointer
     ckpt = Checkpointer(sys.argv[1], rank=int(sys.argv[2]), run=int(sys.argv[3]),
-                        periodic_steps=None, claim_stale_s=5)
+                        periodic_steps=None,
+                        claim_stale_s=float(os.environ.get("CLAIM_STALE_S", 5)))
     weights = np.zeros(1000)
-    ckpt.register(lambda: {"weights": weights})
+
+    def state():
+        while os.environ.get("GATE") and not os.path.exists(os.environ["GATE"]):
+            time.sleep(0.01)
+        return {"weights": weights}
+
+    ckpt.register(state)
     step = 0
     while True:
+        if step == int(os.environ.get("STOP_AT", -1)):
+            time.sleep(0.05)
+            continue
         with ckpt.update(step + 1):
             if os.environ.get("SLOW_UPDATE"):
                 print("in-update", step + 1, flush=True)
@@ -97,20 +109,85 @@ def test_a_second_signal_is_harmless(tmp_path):
     assert [e["event"] for e in store.read_events(tmp_path)].count("checkpoint") == 1
 
 
+def test_a_signal_the_kernel_hands_to_another_thread_still_triggers(tmp_path):
+    """No signal mask is involved: a checkpoint signal delivered to any thread (here a
+    worker, on purpose, while the main thread is blocked) reaches the watcher through
+    the wakeup fd. A Checkpointer with signals refuses to start outside the main
+    thread, where Python cannot install handlers."""
+    script = textwrap.dedent("""
+        import signal, sys, threading
+        import numpy as np
+        from slurmkit.ckpt import Checkpointer
+        from slurmkit.ckpt.store import CheckpointError
+        errors = []
+        def elsewhere():
+            try:
+                Checkpointer(sys.argv[1] + "/other", periodic_steps=None)
+            except CheckpointError as error:
+                errors.append(str(error))
+        thread = threading.Thread(target=elsewhere)
+        thread.start()
+        thread.join()
+        print("refused:", errors, flush=True)
+        ckpt = Checkpointer(sys.argv[1], periodic_steps=None)
+        weights = np.zeros(10)
+        ckpt.register(lambda: {"weights": weights})
+        with ckpt.update(1):
+            weights[:] = 1
+        worker = threading.Thread(target=threading.Event().wait, daemon=True)
+        worker.start()
+        signal.pthread_kill(worker.ident, signal.SIGUSR2)
+        worker.join(60)  # blocked, as in a collective; the watcher exits the process
+        sys.exit(3)
+    """)
+    trainer = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                             text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert trainer.returncode == EXIT_REQUEUE, trainer.stderr
+    assert "refused: ['create the Checkpointer in the main thread" in trainer.stdout
+    restored = store.restore(tmp_path)
+    assert restored.step == 1 and restored.manifest["kind"] == "triggered"
+
+
+def wait_for(condition, what, timeout_s=30.0):
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
 def test_two_survivors_write_one_checkpoint(tmp_path):
-    first, second = start_trainer(tmp_path, rank=1), start_trainer(tmp_path, rank=2)
+    """Both survivors stand at step 3 (as ranks in lockstep do) and are signalled:
+    the first claims the step and writes it, the second waits on the claim and
+    records that its peer committed. The gate holds the claimant until the second
+    is waiting, so both paths are taken every time."""
+    directory, gate = tmp_path / "ckpt", tmp_path / "gate"
+    env = {"STOP_AT": "3", "GATE": str(gate), "CLAIM_STALE_S": "60"}
+    first = start_trainer(directory, rank=1, env=env)
+    second = start_trainer(directory, rank=2, env=env)
     read_until(first, "completed", 3)
     read_until(second, "completed", 3)
     first.send_signal(signal.SIGTERM)
+    wait_for((directory / ".claim-step-00000003").exists, "rank 1's claim")
     second.send_signal(signal.SIGTERM)
+    wait_for(lambda: any(e["event"] == "claim-wait" and e["rank"] == 2
+                         for e in store.read_events(directory)), "rank 2 waiting on the claim")
+    gate.touch()
     for process in (first, second):
-        process.communicate(timeout=60)
-        assert process.returncode == EXIT_REQUEUE
-    committed = store.committed_steps(tmp_path)
-    assert committed  # each survivor committed its own last step, or found it committed
-    assert not list(tmp_path.glob(".claim-*")) and not list(tmp_path.glob(".tmp-*"))
-    restored = store.restore(tmp_path)
-    assert np.all(restored.values["weights"] == restored.step)
+        _, errors = process.communicate(timeout=60)
+        assert process.returncode == EXIT_REQUEUE, errors
+    events = store.read_events(directory)
+    commits = [(e["rank"], e["kind"], e["step"], e["committed"])
+               for e in events if e["event"] == "checkpoint"]
+    assert commits == [(1, "triggered", 3, True)]
+    assert [(e["rank"], e["step"]) for e in events if e["event"] == "checkpoint-by-peer"] \
+        == [(2, 3)]
+    assert [step for step, _ in store.committed_steps(directory)] == [3]
+    assert not list(directory.glob(".claim-*")) and not list(directory.glob(".tmp-*"))
+    restored = store.restore(directory)
+    assert restored.step == 3 and restored.manifest["writer"]["rank"] == 1
+    assert restored.values["weights"].shape == (1000,)
+    assert np.all(restored.values["weights"] == 3)
 
 
 def test_an_orphan_of_an_older_run_is_fenced_off(tmp_path):
@@ -200,3 +277,69 @@ def test_a_large_snapshot_is_copied_exactly_in_parallel_chunks(monkeypatch):
     again = manager.copy_snapshot(state, buffers)
     assert again["weights"] is snapshot["weights"]  # buffers are reused
     assert np.array_equal(again["weights"], state["weights"])
+
+
+def test_a_second_trigger_waits_for_the_first_write_instead_of_exiting(tmp_path):
+    """The supervisor's request triggers on one thread; the trainer's own collective
+    then fails and it calls trigger() again on the main thread: that call must wait
+    (the process must not end while the other thread writes and holds the claim)."""
+    script = textwrap.dedent("""
+        import sys, threading, time
+        import numpy as np
+        from slurmkit.ckpt import Checkpointer
+        ckpt = Checkpointer(sys.argv[1], signals=(), triggered=True)
+        state = np.arange(4.0)
+        def slow_state():
+            time.sleep(1.0)  # the first trigger is still writing
+            return {"state": state}
+        ckpt.register(slow_state)
+        ckpt.completed(7)
+        threading.Thread(target=ckpt.trigger, args=("the supervisor asked",),
+                         daemon=True).start()  # as the request and signal threads are
+        time.sleep(0.3)
+        ckpt.trigger("the main thread's collective failed")
+        sys.exit(3)  # never reached: the first trigger exits with 85
+    """)
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 85, result.stderr
+    restored = store.restore(tmp_path)
+    assert restored.step == 7 and restored.manifest["kind"] == "triggered"
+
+
+def _survivor(directory, rank, state, **options):
+    ckpt = Checkpointer(directory, rank=rank, signals=(), exit_on_trigger=False,
+                        claim_stale_s=0.6, **options)
+    ckpt.register(lambda: {"state": state})
+    ckpt.completed(5)
+    return ckpt
+
+
+def test_a_dead_claimants_claim_is_taken_over_quickly(tmp_path):
+    claim = tmp_path / f".claim-{store.step_dir_name(5)}"
+    claim.write_text('{"host": "gone", "rank": 9}')  # its writer died: never touched again
+    started = time.monotonic()
+    _survivor(tmp_path, 1, np.ones(3)).trigger("peer lost")
+    assert 0.6 <= time.monotonic() - started < 3
+    assert store.restore(tmp_path).step == 5
+    assert [e["event"] for e in store.read_events(tmp_path)].count("claim-stale") == 1
+
+
+def test_a_slow_but_live_claimant_is_waited_for(tmp_path):
+    import threading
+
+    state = np.ones(3)
+    slow = _survivor(tmp_path, 0, state)
+    slow.register(lambda: (time.sleep(2.0), {"state": state})[1])  # 2 s > claim_stale_s
+    writer = threading.Thread(target=slow.trigger, args=("peer lost",))
+    writer.start()
+    wait_for_claim = time.monotonic() + 5
+    claim = tmp_path / f".claim-{store.step_dir_name(5)}"
+    while not claim.exists() and time.monotonic() < wait_for_claim:
+        time.sleep(0.01)
+    _survivor(tmp_path, 1, state).trigger("peer lost")
+    writer.join()
+    events = [e for e in store.read_events(tmp_path) if e["event"] in (
+        "claim-stale", "checkpoint-by-peer", "checkpoint")]
+    assert [(e["event"], e["rank"]) for e in events] == [("checkpoint", 0),
+                                                         ("checkpoint-by-peer", 1)]

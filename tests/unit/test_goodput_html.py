@@ -7,7 +7,7 @@ import subprocess
 import numpy as np
 
 from slurmkit.goodput import report
-from tests.unit.test_goodput import CHAIN, HOSTILE, chain_events, runs_of
+from tests.unit.test_goodput import CHAIN, HOSTILE, PREEMPTOR, chain_events, runs_of
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -16,11 +16,11 @@ def test_the_html_report_draws_its_plots_in_chromium(tmp_path):
     assert CHROMIUM, "chromium is missing: `make test` installs it (apt-get install chromium)"
     from PIL import Image
 
-    runs, stats = runs_of(CHAIN + HOSTILE)
-    built = report.build_report(runs, events=chain_events(), stats=stats,
-                                now=1_800_002_000, capacity_gpus=32)
+    runs, stats = runs_of(CHAIN + [PREEMPTOR] + HOSTILE)
+    summary, result = report.build(runs, events=chain_events(), stats=stats,
+                                   now=1_800_002_000, capacity_gpus=32)
     page = tmp_path / "report.html"
-    page.write_text(report.format_html(built), encoding="utf-8")
+    page.write_text(report.format_html(summary, result), encoding="utf-8")
     assert page.read_text().count("<svg") == 4
     shot = tmp_path / "report.png"
     subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",

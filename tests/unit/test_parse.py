@@ -152,3 +152,40 @@ def test_exit_status_forms():
     assert parse.exit_status("0:0") == (0, None)
     assert parse.exit_status({"return_code": {"set": True, "number": 1},
                               "signal": {"id": {"set": True, "number": 9}}}) == (1, 9)
+
+
+def test_nodes_parse_the_same_with_and_without_msgspec(data, monkeypatch):
+    """msgspec is the fast path for 12,500-node outputs; without it (Debian's nodes run
+    from source) the json module must give the very same records and errors."""
+    import sys
+
+    from slurmkit.errors import ParseError, SlurmCommandError
+    from slurmkit.slurm import parse
+    from slurmkit.testing import bigcluster
+
+    texts = [data("scontrol_nodes.json"),
+             bigcluster.render(bigcluster.generate(2000, lemons=2, failed_once=10, big_runs=2))[
+                 "scontrol_nodes.json"]]
+    bad = ['{"nodes": [{"cpus": 1}]}', '{"nodes": [5]}', '{"nodes": 5}', "[1]", "x",
+           '{"errors": [{"description": "boom"}], "nodes": []}', '{"errors": 5, "nodes": []}']
+
+    def outcomes():
+        results = [parse.parse_nodes_json(text) for text in texts]
+        for text in bad:
+            try:
+                parse.parse_nodes_json(text)
+            except (ParseError, SlurmCommandError) as error:
+                results.append(type(error).__name__)
+        return results
+
+    parse._node_decoder.cache_clear()
+    assert parse._node_decoder() is not None, "msgspec is a dependency: install it"
+    fast = outcomes()
+    monkeypatch.setitem(sys.modules, "msgspec", None)  # import msgspec -> ImportError
+    parse._node_decoder.cache_clear()
+    try:
+        assert parse._node_decoder() is None
+        assert outcomes() == fast
+    finally:
+        parse._node_decoder.cache_clear()
+    assert len(fast[1]) == 2000 and len(fast) == 2 + len(bad)

@@ -87,10 +87,27 @@ def test_site_templates_override_the_package(tmp_path):
     assert script.endswith("echo site j\n") and '#SBATCH --job-name="j"' in script
 
 
+def test_an_install_without_its_templates_says_so(tmp_path, monkeypatch):
+    """A wheel without its package data once said only "template ... not found in"."""
+    from slurmkit import render
+
+    monkeypatch.setattr(render, "PACKAGE_TEMPLATES", tmp_path / "gone")
+    monkeypatch.setattr(render, "SITE_TEMPLATES", tmp_path / "no-site")
+    with pytest.raises(UserInputError, match=r"'batch.sbatch.j2' not found in .*; slurmkit's "
+                       r"own templates \(.*gone\) are missing: reinstall"):
+        render_script(build_spec({"command": ["x"]}))
+
+
 def test_newline_in_an_sbatch_value_is_refused_with_the_reason():
     spec = build_spec({"command": ["x"], "env": {"A": "b"}})
     with pytest.raises(RenderError, match="newline"):
         sbatch_quote("evil\n#SBATCH --wrap=x")
+    # A carriage return and a NUL are refused as a newline is.
+    with pytest.raises(RenderError, match=r"^'evil\\r#SBATCH --wrap=x' contains a carriage "
+                                          r"return, which cannot appear in an #SBATCH line"):
+        sbatch_quote("evil\r#SBATCH --wrap=x")
+    with pytest.raises(RenderError, match="contains a NUL byte"):
+        sbatch_quote("a\0b")
     assert isinstance(RenderError("x"), UserInputError)
     assert "newline" not in render_script(spec)
 
@@ -210,12 +227,15 @@ def test_fuzz_no_hostile_value_ever_executes(tmp_path):
     (0, "N/A", False),
     (1, "N/A", False),  # a plain failure without a requeue marker
 ])
+@pytest.mark.parametrize("restart", ["in-place", "requeue"])
 def test_training_script_requeues_unless_slurm_preempts_it(tmp_path, exit_status,
-                                                           preempt_time, requeued):
+                                                           preempt_time, requeued, restart):
     stubs = tmp_path / "stubs"
     stubs.mkdir()
     calls = tmp_path / "scontrol-calls"
-    (stubs / "srun").write_text(f"#!/bin/sh\nexit {exit_status}\n")
+    # In-place jobs run the step through `slurmkit launch`, which exits 85 for a requeue.
+    launcher = "slurmkit" if restart == "in-place" else "srun"
+    (stubs / launcher).write_text(f"#!/bin/sh\nexit {exit_status}\n")
     (stubs / "squeue").write_text(f"#!/bin/sh\necho '{preempt_time}'\n")
     (stubs / "scontrol").write_text(
         f"#!/bin/sh\n[ \"$1\" = show ] && echo c1 && exit 0\necho \"$@\" >> {calls}\n")
@@ -223,7 +243,7 @@ def test_training_script_requeues_unless_slurm_preempts_it(tmp_path, exit_status
         stub.chmod(0o755)
     spec = build_spec({"kind": "training", "command": ["prog"], "job_name": "t",
                        "chdir": str(tmp_path), "checkpoint_dir": str(tmp_path / "ckpt"),
-                       "log_dir": str(tmp_path / "logs")})
+                       "log_dir": str(tmp_path / "logs"), "restart": restart})
     script = tmp_path / "job.sh"
     script.write_text(render_script(spec))
     env = {"PATH": f"{stubs}:/usr/bin:/bin", "HOME": str(tmp_path), "SLURM_JOB_ID": "7",
@@ -233,3 +253,135 @@ def test_training_script_requeues_unless_slurm_preempts_it(tmp_path, exit_status
     assert result.returncode == exit_status, result.stderr
     made = calls.read_text().split("\n") if calls.exists() else []
     assert ("requeue 7" in made) == requeued, (made, result.stdout)
+
+
+def test_unit_tests_keep_the_template_cache_out_of_the_real_home(tmp_path_factory):
+    """conftest points XDG_CACHE_HOME into pytest's temporary directory; rendering
+    caches compiled templates there, so no test writes into ~/.cache."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    assert cache.is_relative_to(tmp_path_factory.getbasetemp()), cache
+    render_script(build_spec(SPECS["batch"]))
+    assert list((cache / "slurmkit" / "jinja").iterdir())
+
+
+# ------------------------------------------------------------- each filter, exactly
+
+
+def test_the_filters_refuse_what_they_cannot_place_by_name():
+    from slurmkit.render import env_name, number, sbatch_option
+
+    cases = [
+        (lambda: shell_quote("a\0b"), "a NUL byte cannot be passed to a shell command"),
+        (lambda: shell_quote(None), "a missing value (None) reached a template"),
+        (lambda: sbatch_quote("a\nb"), "'a\\nb' contains a newline, which cannot appear in an "
+                                       "#SBATCH line (it would end the line and start a shell "
+                                       "command)"),
+        (lambda: sbatch_option(5), "5 is not an sbatch option name"),
+        (lambda: sbatch_option("No_Such"), "'No_Such' is not an sbatch option name"),
+        (lambda: env_name(5), "5 is not an environment variable name"),
+        (lambda: env_name("1A"), "'1A' is not an environment variable name"),
+        (lambda: number(True), "True is not an integer"),
+        (lambda: number("3"), "'3' is not an integer"),
+    ]
+    for call, message in cases:
+        with pytest.raises(RenderError) as raised:
+            call()
+        assert str(raised.value) == message
+    assert sbatch_option("cpus-per-task") == "cpus-per-task" and env_name("_A1") == "_A1"
+    assert number(-3) == "-3"
+
+
+def test_sbatch_options_of_every_kind_and_option():
+    from slurmkit.render import sbatch_options
+
+    options = dict(sbatch_options(build_spec({
+        "kind": "batch", "command": ["x"], "job_name": "j", "cpus_per_task": 6,
+        "mem_per_node_mb": 2048, "time_limit": "10", "constraint": "a100", "exclusive": True,
+        "signal": "TERM", "requeue": False}),
+        PlacementOptions(switches="2@00:10:00", exclude="c9")))
+    assert options["cpus-per-task"] == "6" and options["mem"] == "2048M"
+    assert options["switches"] == "2@00:10:00" and options["exclude"] == "c9"
+    assert options["constraint"] == "a100" and "exclusive" in options
+    assert options["ntasks-per-node"] == "1" and "no-requeue" in options
+    # An inference service without replicas runs one task a node; with them, one each.
+    service = dict(sbatch_options(build_spec({"kind": "inference", "command": ["serve"]})))
+    assert service["ntasks-per-node"] == "1" and "ntasks" not in service
+    replicas = dict(sbatch_options(build_spec({"kind": "inference", "command": ["serve"],
+                                               "replicas": 3})))
+    assert replicas["ntasks"] == "3" and replicas["nodes"] == "3"
+    # torchrun starts one launcher a node whatever the tasks asked for.
+    torchrun = dict(sbatch_options(build_spec({
+        "kind": "training", "command": ["t.py"], "launcher": "torchrun", "gpus_per_node": 4,
+        "ntasks_per_node": 4})))
+    assert torchrun["ntasks-per-node"] == "1"
+
+
+def test_torchrun_without_gpus_runs_one_process_a_node():
+    script = render_script(build_spec({"kind": "training", "command": ["t.py"],
+                                       "launcher": "torchrun"}))
+    assert "--nproc-per-node=1 " in script and "--nproc-per-node=2" not in script
+
+
+def test_the_environment_keeps_newlines_and_strips_block_lines(tmp_path):
+    """Templates are shell: no HTML escaping, the final newline kept, block tags
+    leave no blank lines or indentation behind."""
+    (tmp_path / "batch.sbatch.j2").write_text(
+        "#!/bin/bash\n  {% if spec.job_name %}\necho {{ spec.job_name | q }}\n"
+        "  {% endif %}\necho {{ '<&>' | q }}\n")
+    script = render_script(build_spec({"command": ["x"], "job_name": "j"}),
+                           template_dirs_extra=[tmp_path])
+    assert script == "#!/bin/bash\necho j\necho '<&>'\n"
+
+
+def test_the_template_directory_variable_comes_after_the_flag(tmp_path, monkeypatch):
+    from slurmkit.render import template_dirs
+
+    flag, variable = tmp_path / "flag", tmp_path / "variable"
+    for directory, word in ((flag, "flag"), (variable, "variable")):
+        directory.mkdir()
+        (directory / "inference.sbatch.j2").write_text(f"#!/bin/bash\necho {word}\n")
+        (directory / "batch.sbatch.j2").write_text(f"#!/bin/bash\necho {word}\n")
+    (flag / "batch.sbatch.j2").unlink()
+    monkeypatch.setenv("SLURMKIT_TEMPLATE_DIR", str(variable))
+    assert template_dirs([flag])[:2] == [flag, variable]
+    assert render_script(build_spec({"command": ["x"]}), template_dirs_extra=[flag]) == \
+        "#!/bin/bash\necho variable\n"
+    monkeypatch.delenv("SLURMKIT_TEMPLATE_DIR")
+    assert variable not in template_dirs([flag])
+
+
+def test_template_problems_are_user_errors_naming_the_template(tmp_path, monkeypatch):
+    from slurmkit import render
+
+    spec = build_spec({"command": ["x"]})
+    (tmp_path / "batch.sbatch.j2").write_text("#!/bin/bash\n{% if %}\n")
+    with pytest.raises(UserInputError) as raised:
+        render_script(spec, template_dirs_extra=[tmp_path])
+    assert str(raised.value).startswith(f"template {tmp_path}/batch.sbatch.j2 line 2: ")
+    (tmp_path / "batch.sbatch.j2").write_bytes(b"#!/bin/bash\necho \xff\n")
+    with pytest.raises(UserInputError, match=f"^template {tmp_path}/batch.sbatch.j2"):
+        render_script(spec, template_dirs_extra=[tmp_path])
+    (tmp_path / "batch.sbatch.j2").write_text("#" * (render.MAX_TEMPLATE_BYTES + 1))
+    with pytest.raises(UserInputError, match=f"^template {tmp_path}/batch.sbatch.j2"):
+        render_script(spec, template_dirs_extra=[tmp_path])
+    (tmp_path / "batch.sbatch.j2").unlink()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserInputError) as raised:
+        render_script(spec, template_dirs_extra=[empty], template="nope.sbatch.j2")
+    searched = ", ".join(str(path) for path in render.template_dirs([empty]))
+    assert str(raised.value) == f"template 'nope.sbatch.j2' not found in {searched}"
+    for name in ("PACKAGE_TEMPLATES", "SITE_TEMPLATES", "USER_TEMPLATES"):
+        monkeypatch.setattr(render, name, tmp_path / "gone")
+    with pytest.raises(UserInputError) as raised:
+        render_script(spec)
+    assert str(raised.value) == (
+        "template 'batch.sbatch.j2' not found in any template directory; slurmkit's own "
+        f"templates ({tmp_path / 'gone'}) are missing: reinstall slurmkit")
+
+
+def test_compiled_templates_are_cached_under_the_home_without_xdg(tmp_path, monkeypatch):
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    render_script(build_spec({"command": ["x"]}))
+    assert list((tmp_path / ".cache" / "slurmkit" / "jinja").iterdir())

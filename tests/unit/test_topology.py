@@ -6,10 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from slurmkit.errors import ParseError
-from slurmkit.slurm.models import AccountingRecord
-from slurmkit.topology import health
 from slurmkit.topology.model import VIRTUAL_ROOT, Topology, parse_topology
-from slurmkit.topology.placement import first_fit, leaves_spanned, place
+from slurmkit.topology.placement import Placement, first_fit, leaves_spanned, place
 
 SCONTROL = """\
 SwitchName=leaf1 Level=0 LinkSpeed=1 Nodes=c[1-2]
@@ -132,38 +130,6 @@ def test_first_fit_baseline_takes_nodes_in_order():
     assert first_fit(topology, ["n16", "n1", "n9"], 2) == ("n1", "n9")
 
 
-def _record(state, nodes, start=1000, end=1100):
-    return AccountingRecord(job_id=1, display_id="1", name="j", user="u", account="a",
-                            partition="p", qos="q", state=state, state_flags=(state,),
-                            reason="", exit_code=0, exit_signal=None, restarts=0,
-                            submit_epoch_s=start, eligible_epoch_s=start, start_epoch_s=start,
-                            end_epoch_s=end, elapsed_s=end - start, nodes=tuple(nodes),
-                            node_count=len(nodes))
-
-
-def test_health_blames_the_node_that_went_down():
-    events = health.parse_events("|1000|Unknown||Cluster Registered TRES\n"
-                                 "c2|1090|1095|DOWN*|Not responding\n"
-                                 "c3|1|2|DRAIN|admin maintenance\n")
-    assert [event.node for event in events] == ["c2", "c3"]
-    failures = health.node_failures([_record("NODE_FAIL", ["c1", "c2"]),
-                                     _record("COMPLETED", ["c3"])], events)
-    assert failures == {"c2": 1}
-    assert health.unhealthy_nodes(failures) == {"c2"}
-    assert health.unhealthy_nodes(failures, max_failures=2) == frozenset()
-
-
-def test_health_does_not_blame_a_nodes_earlier_resolved_failure():
-    # c1 went down (and came back) before the run started; c2 went down at its end.
-    events = health.parse_events("c1|700|760|DOWN*|Not responding\n"
-                                 "c2|1100|1130|DOWN*|Not responding\n")
-    assert health.node_failures([_record("NODE_FAIL", ["c1", "c2"])], events) == {"c2": 1}
-
-
-def test_health_without_events_blames_the_whole_allocation():
-    assert health.node_failures([_record("NODE_FAIL", ["c1", "c2"])]) == {"c1": 1, "c2": 1}
-
-
 def test_placement_scales_to_a_large_tree():
     # 3 levels, 400 leaves of 32 nodes; a quick sanity check (the benchmark measures).
     lines = []
@@ -189,3 +155,85 @@ def _brute_force_greedy(topology, free, count):
         total += value
         if total >= count:
             return k
+
+
+# Three leaves under one spine, 4 + 3 + 2 nodes.
+UNEVEN = """\
+SwitchName=a Nodes=a[1-4]
+SwitchName=b Nodes=b[1-3]
+SwitchName=c Nodes=c[1-2]
+SwitchName=spine Switches=a,b,c
+"""
+
+
+def test_best_fit_across_leaves_takes_the_smallest_leaf_that_holds_the_rest():
+    """6 nodes need 2 leaves: the fullest (a, 4) and then the smallest leaf that holds
+    the other 2 (c), which leaves b's 3 nodes together for the next job (worst fit
+    would take b)."""
+    topology = parse_topology(UNEVEN)
+    decision = place(topology, topology.nodes, 6)
+    assert decision == Placement(requested=6, nodes=("a1", "a2", "a3", "a4", "c1", "c2"),
+                                 leaves=("a", "c"), common_switch="spine", level=1,
+                                 optimal_leaves=2, capacity_leaves=2, excluded=())
+    assert decision.explanation == (
+        "request: 6 node(s); free and healthy: 9 on 3 leaf switch(es); lemon nodes "
+        "avoided: none",
+        "fewest leaf switches possible: 2; lowest common switch holding them: spine "
+        "(level 1)",
+        "chosen: a: a[1-4] (4 of 4 free); c: c[1-2] (2 of 2 free)")
+
+
+def test_an_unhealthy_free_node_is_never_chosen_nor_counted():
+    topology = parse_topology(SCONTROL)
+    # c2 is free but unhealthy: leaf2 holds the job; "x9" is not in the topology.
+    decision = place(topology, ["c1", "c2", "c3", "c4", "x9"], 2, unhealthy=["c2", "c9"])
+    assert decision == Placement(2, ("c3", "c4"), ("leaf2",), "leaf2", 0, 1, 1, ("c2", "c9"))
+    assert decision.explanation[0] == ("request: 2 node(s); free and healthy: 3 on 2 leaf "
+                                       "switch(es); lemon nodes avoided: c[2,9]")
+
+
+def test_an_infeasible_request_says_what_an_empty_cluster_would_need():
+    topology = three_level()
+    # Healthy capacity: l1 and l4 have one healthy node left each, so 8 nodes need l2
+    # and l3 (under the core); counting the unhealthy ones, l1 and l2 (s1) would do.
+    unhealthy = ["n1", "n2", "n3", "n13", "n14", "n15"]
+    decision = place(topology, [], 8, unhealthy=unhealthy)
+    assert decision == Placement(8, (), (), None, None, None, 2, tuple(sorted(unhealthy)))
+    assert not decision.feasible
+    assert decision.explanation == (
+        "request: 8 node(s); free and healthy: 0 on 0 leaf switch(es); lemon nodes "
+        "avoided: n[1-3,13-15]",
+        "cannot place now: only 0 free healthy node(s)",
+        "on an empty cluster it would span 2 leaf switch(es) under core")
+
+
+def test_a_request_larger_than_the_cluster_has_no_capacity_bound():
+    topology = three_level()
+    decision = place(topology, ["n1"], 17)
+    assert decision == Placement(17, (), (), None, None, None, None, ())
+    assert decision.explanation[1:] == ("cannot place now: only 1 free healthy node(s)",)
+
+
+def test_capacity_is_bounded_by_the_nodes_given_not_the_whole_topology():
+    """``all_nodes`` (the job's partitions): 2 nodes on each of l1, l2 and l3, so 6
+    nodes need 3 leaves under the core, not the 2 the whole topology would need."""
+    topology = three_level()
+    partition = ["n1", "n2", "n5", "n6", "n9", "n10"]
+    decision = place(topology, ["n1"], 6, all_nodes=partition)
+    assert decision.capacity_leaves == 3
+    assert decision.explanation[2] == "on an empty cluster it would span 3 leaf switch(es) " \
+        "under core"
+    feasible = place(topology, partition, 6, all_nodes=partition)
+    assert feasible.optimal_leaves == feasible.capacity_leaves == 3
+    assert feasible.common_switch == "core" and feasible.level == 2
+
+
+@pytest.mark.parametrize("count", [0, -1])
+def test_no_nodes_is_not_a_placement(count):
+    decision = place(three_level(), ["n1", "n2"], count)
+    assert not decision.feasible and decision.nodes == () and decision.capacity_leaves is None
+
+
+def test_first_fit_is_empty_when_too_few_nodes_are_free():
+    assert first_fit(three_level(), ["n3", "n1"], 3) == ()
+    assert first_fit(three_level(), ["n3", "n1"], 2) == ("n1", "n3")

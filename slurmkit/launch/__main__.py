@@ -1,0 +1,5 @@
+import sys
+
+from slurmkit.launch.cli import main
+
+sys.exit(main())
