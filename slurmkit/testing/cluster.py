@@ -582,14 +582,56 @@ class Cluster:
                    lambda: self.profile() == name, timeout_s=timeout_s)
         log(f"timeout profile: {name} ({PROFILES[name]})")
 
-    def reconfigure(self, *, timeout_s: float = 180) -> None:
+    def reconfigure(self, *, timeout_s: float = 180, answer_s: float = 60) -> None:
         """``scontrol reconfigure`` and wait until slurmctld answers again. The RPC's
         own reply may time out while slurmctld re-executes itself (24.11): only the
-        answer afterwards counts."""
-        self.exec("ctl", ["scontrol", "reconfigure"], check=False, timeout_s=timeout_s)
-        wait_until("slurmctld to answer after reconfigure",
-                   lambda: self.exec("ctl", ["scontrol", "ping"], check=False).returncode == 0,
-                   timeout_s=timeout_s)
+        answer afterwards counts.
+
+        Run in the foreground (-D), slurmctld re-executes in place, and once (in CI,
+        never here) it never answered again: every later test failed on an unhealthy
+        controller. A controller silent for ``answer_s`` is therefore diagnosed (its
+        log and threads, kept under the state directory), restarted (its state is on
+        a volume: jobs survive) and asked once more, so that the slurmds also read the
+        new configuration."""
+        for attempt in (1, 2):
+            with contextlib.suppress(subprocess.TimeoutExpired):  # judged by the ping below
+                self.exec("ctl", ["scontrol", "reconfigure"], check=False, timeout_s=answer_s)
+            try:
+                wait_until("slurmctld to answer after reconfigure", self._controller_answers,
+                           timeout_s=answer_s)
+                return
+            except ClusterHarnessError:
+                if attempt == 2:
+                    raise
+                self.restart_controller(f"silent {answer_s:g} s after scontrol reconfigure",
+                                        timeout_s=timeout_s)
+
+    def _controller_answers(self) -> bool:
+        try:
+            return self.exec("ctl", ["scontrol", "ping"], check=False,
+                             timeout_s=30).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
+
+    def restart_controller(self, why: str, *, timeout_s: float = 180) -> None:
+        """Keep what the hung controller shows, restart its container, wait healthy."""
+        path = self.save_controller_diagnosis(why)
+        log(f"slurmctld {why}: restarting it (diagnosis in {path})")
+        self._docker().containers.get(self.container("ctl")).restart(timeout=10)
+        self.wait_healthy(["ctl"], timeout_s=timeout_s)
+
+    def save_controller_diagnosis(self, why: str) -> Path:
+        """slurmctld's log tail, processes and per-thread kernel wait channels."""
+        script = ("tail -n 60 " + _CTL_LOG + "; echo '--- processes'; ps -eo pid,ppid,stat,wchan:32,args;"
+                  " for pid in $(pgrep -x slurmctld); do echo \"--- threads of $pid\";"
+                  " for task in /proc/$pid/task/*; do"
+                  " echo \"$(cat $task/comm) $(cat $task/wchan) $(cut -d' ' -f3 $task/stat)\";"
+                  " done; done")
+        result = self.exec("ctl", ["bash", "-c", script], check=False, timeout_s=30)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        path = self.state_dir / f"ctl-diagnosis-{time.strftime('%Y%m%dT%H%M%S')}.txt"
+        path.write_text(f"{why}\n{result.stdout}{result.stderr}")
+        return path
 
     # ---- faults
 
@@ -638,6 +680,13 @@ class Cluster:
         elif self.network not in networks:
             self._docker().networks.get(self.network).connect(
                 container, ipv4_address=self.node_address(node), aliases=[node])
+        elif node == "ctl":
+            # Running, connected and still unhealthy: a hung slurmctld does not come
+            # back by waiting (it once failed every later test of a CI run).
+            try:
+                self.wait_healthy([node], timeout_s=60)
+            except ClusterHarnessError:
+                self.restart_controller("unhealthy for 60 s", timeout_s=timeout_s)
         self.wait_healthy([node], timeout_s=timeout_s)
         if wait_slurm and node in COMPUTE_NODES:
             self.wait_nodes_up([node], timeout_s=timeout_s)
