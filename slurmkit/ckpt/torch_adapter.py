@@ -569,8 +569,11 @@ class TorchCheckpointer(Checkpointer):
         do not: a copy of them, by value. Small: no weights."""
         loop = {fqn: value.clone() if isinstance(value, torch.Tensor) else copy.deepcopy(value)
                 for fqn, value in self._loop_state().items()}
+        # Keyed by storage address (the state dict holds the module's own buffers, under
+        # names that depend on the wrapper); an empty buffer has no address to key by
+        # and nothing to restore.
         buffers = {buffer.data_ptr(): buffer.detach().clone()
-                   for buffer in self._model.buffers()}
+                   for buffer in self._model.buffers() if buffer.numel() > 0}
         return loop, buffers
 
     def _split(self, flat: Mapping[str, Any]):
@@ -624,8 +627,11 @@ class TorchCheckpointer(Checkpointer):
             flat.update(loop)
             for fqn, value in flat.items():
                 if isinstance(value, torch.Tensor) and not isinstance(value, DTensor) \
-                        and value.data_ptr() in buffers:
-                    flat[fqn] = buffers[value.data_ptr()]
+                        and value.numel() > 0:
+                    kept = buffers.get(value.data_ptr())
+                    if kept is not None and kept.shape == value.shape \
+                            and kept.dtype == value.dtype:
+                        flat[fqn] = kept
         own, shared, objects = self._split(flat)
         values, metadata = _live_values(shared)
         _with_objects(values, metadata, objects)

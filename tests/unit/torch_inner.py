@@ -86,13 +86,19 @@ def fsdp_model(world: int, dim: int = 12, hidden: int = 50, layers: int = 2, see
 
 
 def ddp_model(world: int, dim: int = 12, hidden: int = 50, layers: int = 2, seed: int = 0):
+    """A DDP MLP with a BatchNorm: its running statistics are buffers, which the next
+    step's forward moves before the step completes (a triggered checkpoint written from
+    the live state must keep the completed step's), and its num_batches_tracked is a
+    0-dimensional tensor."""
     import torch
 
     from examples.torch_ddp import wrap
     from examples.torch_train import make_model
 
     torch.manual_seed(seed)
-    return wrap(make_model(dim, hidden, layers), torch.device("cpu"), world)
+    layers_list = list(make_model(dim, hidden, layers))
+    model = torch.nn.Sequential(layers_list[0], torch.nn.BatchNorm1d(hidden), *layers_list[1:])
+    return wrap(model, torch.device("cpu"), world)
 
 
 def checkpointer(directory, rank, world, **options):
