@@ -262,6 +262,9 @@ def test_a_broken_configuration_reload_never_lets_a_job_through(cluster, policy_
     (["--gres=gpu:1k"], 1024),                          # a size suffix
     (["-N3", "--sockets-per-node=2", "--gpus-per-socket=8"], 48),
     (["-n", "40", "--ntasks-per-gpu=1"], 40),           # GPUs Slurm derives from tasks
+    # "gres:" (a user's spelling that gpu_count alone reads as no GPU) reaches the
+    # plugin as "gres/gpu:8": sbatch writes it out before job_submit sees it.
+    (["-n5", "--tres-per-task=gres:gpu:8"], 40),
 ])
 def test_gpus_are_priced_as_slurm_allocates_them(cluster, policy_installed, args, gpus):
     job_id, stderr = sbatch(cluster, "alice", ["--hold", "-o", "/dev/null", *args])
