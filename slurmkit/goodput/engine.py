@@ -438,15 +438,8 @@ def _node_counts(runs: Runs, rows: np.ndarray) -> dict[str, int]:
     """How many of the records ``rows`` each node is in: single ranges with a
     difference array per (prefix, zero-padded width), other node lists expanded."""
     counts: dict[str, int] = defaultdict(int)
-    single = rows[runs.node_first[rows] >= 0]
-    lists = runs.node_list.codes[single]
-    widths = {code: len(_first_number(runs.node_list.values[code])) for code in set(lists.tolist())}
-    width = np.array([widths[code] for code in lists.tolist()], np.int64)
-    groups = runs.node_prefix.codes[single].astype(np.int64) * 64 + np.minimum(width, 63)
-    for group in np.unique(groups).tolist():
-        mine = single[groups == group]
+    for (prefix, digits), mine in _single_range_groups(runs, rows[runs.node_first[rows] >= 0]):
         offset, per_node = _coverage(runs.node_first[mine], runs.node_last[mine])
-        prefix, digits = runs.node_prefix.values[group // 64], group % 64
         for number in np.flatnonzero(per_node).tolist():
             counts[f"{prefix}{number + offset:0{digits}d}"] += int(per_node[number])
     for name in node_names(runs, rows[runs.node_first[rows] < 0]):
@@ -460,32 +453,41 @@ def _first_number(expression: str) -> str:
 
 
 def cluster_node_count(runs: Runs) -> int:
-    """Distinct nodes in every node list: single ranges as arrays (a presence array per
-    prefix), other lists expanded; a node of an expanded list that a single range also
-    holds is counted once."""
-    single = runs.node_first >= 0
-    total = 0
-    present: dict[str, tuple[int, np.ndarray]] = {}  # prefix -> (offset, held)
-    for code in np.unique(runs.node_prefix.codes[single]).tolist():
-        rows = single & (runs.node_prefix.codes == code)
-        offset, per_node = _coverage(runs.node_first[rows], runs.node_last[rows])
-        present[runs.node_prefix.values[code]] = (offset, per_node > 0)
-        total += int((per_node > 0).sum())
-    listed = set(node_names(runs, np.flatnonzero(~single & runs.node_list.mask(bool))))
-    return total + sum(1 for name in listed if not _held(name, present))
+    """Distinct host names: single ranges per (prefix, padded width), numbers as wide as
+    the padding pooled per prefix (c[08-12], c[8-12] share c10-c12); other names if new."""
+    rows = np.flatnonzero(runs.node_first >= 0)
+    numbers: dict[tuple[str, int], list[np.ndarray]] = defaultdict(list)
+    for (prefix, digits), mine in _single_range_groups(runs, rows):
+        offset, per_node = _coverage(runs.node_first[mine], runs.node_last[mine])
+        held = np.flatnonzero(per_node) + offset
+        padded = (held < 10 ** (digits - 1)) & (digits > 1)  # written with a leading 0
+        numbers[(prefix, digits)].append(held[padded])
+        numbers[(prefix, 0)].append(held[~padded])
+    present = {key: set(np.concatenate(parts).tolist()) for key, parts in numbers.items()}
+    listed = set(node_names(runs, np.flatnonzero((runs.node_first < 0)
+                                                 & runs.node_list.mask(bool))))
+    return sum(map(len, present.values())) + sum(not _held(name, present) for name in listed)
 
 
-def _held(name: str, present: dict[str, tuple[int, np.ndarray]]) -> bool:
-    """Whether a single range already counted ``name`` (prefix + number, as ranges are
-    stored: the number's zero padding is not part of it). A prefix may end in digits
-    (``n1[0-3]`` holds ``n12``): every split of the trailing digits is tried."""
+def _single_range_groups(runs: Runs, rows: np.ndarray):
+    """(prefix, zero-padded width) and the rows of ``rows`` (single ranges) with them."""
+    lists = runs.node_list.codes[rows]
+    widths = {code: len(_first_number(runs.node_list.values[code])) for code in set(lists.tolist())}
+    width = np.array([widths[code] for code in lists.tolist()], np.int64)
+    groups = runs.node_prefix.codes[rows].astype(np.int64) * 64 + np.minimum(width, 63)
+    for group in np.unique(groups).tolist():
+        yield (runs.node_prefix.values[group // 64], group % 64), rows[groups == group]
+
+
+def _held(name: str, present: dict[tuple[str, int], set[int]]) -> bool:
+    """Whether a single range counted ``name``: every split of its trailing digits (a
+    prefix may end in one: ``n1[0-3]`` holds ``n12``); a leading 0 fixes the width."""
     digits = len(name) - len(name.rstrip("0123456789"))
     for cut in range(len(name) - digits, len(name)):
-        if name[:cut] in present:
-            offset, held = present[name[:cut]]
-            index = int(name[cut:]) - offset
-            if 0 <= index < held.size and held[index]:
-                return True
+        number = name[cut:]
+        width = len(number) if len(number) > 1 and number[0] == "0" else 0
+        if int(number) in present.get((name[:cut], width), ()):
+            return True
     return False
 
 

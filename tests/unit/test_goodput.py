@@ -1403,6 +1403,11 @@ def test_the_cluster_node_count_counts_each_node_once():
     (["c[3-4]", "c[3,9]"], 3),
     (["n1[0-3]", "n1[2,7]"], 5),           # a prefix ending in a digit: n10-n13, n17
     (["gp[1-2]", "gpu[1,2]"], 4),          # a range's prefix that begins another name
+    (["c[00-01]", "c[0-1]"], 4),           # zero padding makes other host names
+    (["c[8-12]", "c[08-12]"], 7),          # ...up to its width: c10-c12 are the same hosts
+    (["c[098-101]", "c[99-100]"], 5),      # c098 c099 c100 c101, and c99
+    (["c[00-01]", "c[0,00]"], 3),          # a list: c0 is new, c00 is held by the range
+    (["c[0-1]", "c[00,1]"], 3),
 ])
 def test_the_cluster_node_count_of_overlapping_ranges_and_lists(node_lists, count):
     runs, _ = runs_of([_job(job, nodes, T0) for job, nodes in enumerate(node_lists, 1)])
