@@ -130,26 +130,29 @@ def scenario_nodefail(cluster: Cluster) -> dict:
     return {"job": job, "victim": victim, "expect": {str(job): [2, "COMPLETED"]}}
 
 
-#: The preempted job: its first run answers the grace time's SIGTERM by requeueing
-#: itself (as a job script that handles its own requeue does, and as slurmkit's
-#: template did before it asked for PreemptTime); the next run ends cleanly.
+#: The preempted job's script. Its first run waits; with ``trap``, it answers the grace
+#: time's SIGTERM by requeueing itself (as a job script that handles its own requeue
+#: does, and as slurmkit's template did before it asked for PreemptTime), without, Slurm
+#: requeues it; the next run ends cleanly.
 PREEMPTED_SCRIPT = """#!/bin/bash
 if [ "${SLURM_RESTART_COUNT:-0}" -ge 1 ]; then sleep 3; exit 0; fi
-trap 'scontrol requeue "$SLURM_JOB_ID"; exit 0' TERM
+%s
 srun sleep 300 &
 wait
 """
+SELF_REQUEUE_TRAP = """trap 'scontrol requeue "$SLURM_JOB_ID"; exit 0' TERM"""
 
 
-def scenario_preempted(cluster: Cluster) -> dict:
+def scenario_preempted(cluster: Cluster, self_requeue: bool = False) -> dict:
+    """A borrowed 3-node training preempted (grace time, then requeue) by inference."""
     from tests.cluster.conftest import POLICY, POLICY_PATH
 
+    script = PREEMPTED_SCRIPT % (SELF_REQUEUE_TRAP if self_requeue else "")
     cluster.exec("ctl", ["tee", POLICY_PATH], input_text=POLICY)
     cluster.exec("ctl", ["slurmkit", "policy", "install", POLICY_PATH])
     try:
         victim = sbatch(cluster, ["-J", "borrower", "-A", "team-b", "--qos=training", "-N3",
-                                  "--gpus-per-node=8", "--requeue"],
-                        PREEMPTED_SCRIPT, user="bob")
+                                  "--gpus-per-node=8", "--requeue"], script, user="bob")
         wait_until("the borrower to run", lambda: state(cluster, str(victim)) == "RUNNING",
                    timeout_s=120)
         owner = sbatch(cluster, ["-J", "owner", "-A", "team-a", "--qos=inference", "-N2",
@@ -167,9 +170,14 @@ def scenario_preempted(cluster: Cluster) -> dict:
             "expect": {str(victim): [len(states), "COMPLETED"], str(owner): [1, "COMPLETED"]}}
 
 
+def scenario_preempted_self_requeue(cluster: Cluster) -> dict:
+    return scenario_preempted(cluster, self_requeue=True)
+
+
 SCENARIOS = {"array": scenario_array, "het": scenario_het, "names": scenario_names,
              "resize": scenario_resize, "nodefail": scenario_nodefail,
-             "preempted": scenario_preempted}
+             "preempted": scenario_preempted,
+             "preempted_self_requeue": scenario_preempted_self_requeue}
 
 
 def main(argv: list[str] | None = None) -> int:

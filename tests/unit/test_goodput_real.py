@@ -12,8 +12,8 @@ def test_real_24_11_accounting_gives_what_happened(data, tmp_path):
     ``python -m slurmkit.testing.capture`` (scenarios whose truth is known by
     construction, in sacct_real_truth.json): an array with a failed and a requeued
     task, a het job, '|' and non-ASCII names, a --no-kill job shrunk by Slurm, a node
-    failure and requeue, a grace-time preemption (with Slurm's spurious requeue when it
-    happened). Both formats give exactly those runs and the same tables."""
+    failure and requeue, a grace-time preemption requeued by Slurm and one whose job
+    requeues itself (with Slurm's spurious requeue when it happened). Both formats give exactly those runs and the same tables."""
     truth = json.loads(data("sacct_real_truth.json"))
     expected = {job: tuple(value) for scenario in truth.values()
                 for job, value in scenario["expect"].items()}
@@ -32,9 +32,10 @@ def test_real_24_11_accounting_gives_what_happened(data, tmp_path):
         assert resize["resizes"] == 1 and resize["requeues"] == 0
         nodefail = got[str(truth["nodefail"]["job"])]
         assert nodefail["node_failures"] == 1 and nodefail["requeues"] == 1
-        preempted = got[str(truth["preempted"]["job"])]
-        assert preempted["preemptions"] == 1
-        assert preempted["spurious_requeues"] == truth["preempted"]["spurious"]
+        for scenario in ("preempted", "preempted_self_requeue"):  # Slurm's, the job's own
+            preempted = got[str(truth[scenario]["job"])]
+            assert preempted["preemptions"] == 1, scenario
+            assert preempted["spurious_requeues"] == truth[scenario]["spurious"], scenario
         for key, job in truth["names"]["jobs"].items():
             assert got[str(job)]["name"] == truth["names"]["names"][key]
         array = truth["array"]["job"]
