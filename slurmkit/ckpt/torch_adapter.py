@@ -561,7 +561,7 @@ class TorchCheckpointer(Checkpointer):
             flat["extra"] = self._extra()
         return flat
 
-    def _step_state(self) -> tuple[dict[str, Any], dict[int, torch.Tensor]]:
+    def _step_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """What a triggered checkpoint written from the live state needs as it was when
         the step completed (without a snapshot ring: DDP, or FSDP without replicas).
         Weights and optimizer state change only inside ``update``; the loop's own
@@ -569,11 +569,10 @@ class TorchCheckpointer(Checkpointer):
         do not: a copy of them, by value. Small: no weights."""
         loop = {fqn: value.clone() if isinstance(value, torch.Tensor) else copy.deepcopy(value)
                 for fqn, value in self._loop_state().items()}
-        # Keyed by storage address (the state dict holds the module's own buffers, under
-        # names that depend on the wrapper); an empty buffer has no address to key by
-        # and nothing to restore.
-        buffers = {buffer.data_ptr(): buffer.detach().clone()
-                   for buffer in self._model.buffers() if buffer.numel() > 0}
+        # By the module's own buffer names: a forward may replace a buffer rather than
+        # update it (new storage, and a freed address another buffer may then take).
+        buffers = {name: buffer.detach().clone()
+                   for name, buffer in self._model.named_buffers() if buffer.numel() > 0}
         return loop, buffers
 
     def _split(self, flat: Mapping[str, Any]):
@@ -625,13 +624,16 @@ class TorchCheckpointer(Checkpointer):
             # buffers of the next forward): the completed step's copies replace them.
             loop, buffers = at_step[1]
             flat.update(loop)
+            # The state dict holds the module's buffers under names that depend on the
+            # wrapper: they are found by where each buffer is now (address, shape, dtype).
+            kept = {(now.data_ptr(), now.shape, now.dtype): buffers[name]
+                    for name, now in self._model.named_buffers() if name in buffers}
             for fqn, value in flat.items():
                 if isinstance(value, torch.Tensor) and not isinstance(value, DTensor) \
                         and value.numel() > 0:
-                    kept = buffers.get(value.data_ptr())
-                    if kept is not None and kept.shape == value.shape \
-                            and kept.dtype == value.dtype:
-                        flat[fqn] = kept
+                    saved = kept.get((value.data_ptr(), value.shape, value.dtype))
+                    if saved is not None and saved.shape == value.shape:
+                        flat[fqn] = saved
         own, shared, objects = self._split(flat)
         values, metadata = _live_values(shared)
         _with_objects(values, metadata, objects)

@@ -448,7 +448,7 @@ def _node_counts(runs: Runs, rows: np.ndarray) -> dict[str, int]:
 
 
 def _first_number(expression: str) -> str:
-    digits = expression.rstrip("]").split("[")[-1].split("-")[0]
+    digits = expression.rstrip("]").split("[")[-1].split("-")[0] if "[" in expression else ""
     return digits if digits.isdigit() else expression[len(expression.rstrip("0123456789")):]
 
 

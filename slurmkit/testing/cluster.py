@@ -627,10 +627,17 @@ class Cluster:
                   " for task in /proc/$pid/task/*; do"
                   " echo \"$(cat $task/comm) $(cat $task/wchan) $(cut -d' ' -f3 $task/stat)\";"
                   " done; done")
-        result = self.exec("ctl", ["bash", "-c", script], check=False, timeout_s=30)
+        try:
+            result = self.exec("ctl", ["bash", "-c", script], check=False, timeout_s=30)
+            shown = result.stdout + result.stderr
+        except subprocess.TimeoutExpired as timeout:  # a read of /proc can hang as well
+            shown = "".join(part.decode(errors="replace") if isinstance(part, bytes) else part
+                            for part in (timeout.stdout, timeout.stderr) if part)
+            shown += "\n(the diagnosis itself timed out after 30 s)\n"
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        path = self.state_dir / f"ctl-diagnosis-{time.strftime('%Y%m%dT%H%M%S')}.txt"
-        path.write_text(f"{why}\n{result.stdout}{result.stderr}")
+        path = self.state_dir / (f"ctl-diagnosis-{time.strftime('%Y%m%dT%H%M%S')}"
+                                 f"-{time.monotonic_ns() % 10**9:09d}.txt")
+        path.write_text(f"{why}\n{shown}")
         return path
 
     # ---- faults

@@ -1408,6 +1408,7 @@ def test_the_cluster_node_count_counts_each_node_once():
     (["c[098-101]", "c[99-100]"], 5),      # c098 c099 c100 c101, and c99
     (["c[00-01]", "c[0,00]"], 3),          # a list: c0 is new, c00 is held by the range
     (["c[0-1]", "c[00,1]"], 3),
+    (["1-007", "1-007,x1"], 2),            # a '-' outside brackets is part of the name
 ])
 def test_the_cluster_node_count_of_overlapping_ranges_and_lists(node_lists, count):
     runs, _ = runs_of([_job(job, nodes, T0) for job, nodes in enumerate(node_lists, 1)])
