@@ -51,6 +51,10 @@ def test_a_controller_hung_in_reconfigure_is_diagnosed_and_restarted(cluster, sl
     # test failed on it. A stopped slurmctld stands in for that hang: the harness must
     # notice it, keep what the controller showed and bring it back with its jobs' state.
     before = set(cluster.state_dir.glob("ctl-diagnosis-*.txt"))
+    # A reconfigure first saves all of slurmctld's state: the restart after the stop
+    # must not lose the last job ids (they would be given again, and later tests would
+    # read a finished job's accounting records as their own job's).
+    cluster.reconfigure()
     cluster.exec("ctl", ["pkill", "-STOP", "-x", "slurmctld"])
     cluster.reconfigure(answer_s=10)
     [diagnosis] = set(cluster.state_dir.glob("ctl-diagnosis-*.txt")) - before

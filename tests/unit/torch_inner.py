@@ -86,10 +86,12 @@ def fsdp_model(world: int, dim: int = 12, hidden: int = 50, layers: int = 2, see
 
 
 def ddp_model(world: int, dim: int = 12, hidden: int = 50, layers: int = 2, seed: int = 0):
-    """A DDP MLP with a BatchNorm: its running statistics are buffers, which the next
-    step's forward moves before the step completes (a triggered checkpoint written from
-    the live state must keep the completed step's), and its num_batches_tracked is a
-    0-dimensional tensor."""
+    """A DDP MLP with a BatchNorm: its num_batches_tracked is a buffer (0-dimensional)
+    that the next step's forward moves before the step completes (a triggered checkpoint
+    written from the live state must keep the completed step's). momentum=0 keeps the
+    running statistics equal on every rank: they follow each rank's own batches, and
+    whichever survivor wins the claim writes the checkpoint (rank 0 writes the
+    fault-free run's), so they would differ by which rank wrote."""
     import torch
 
     from examples.torch_ddp import wrap
@@ -97,7 +99,8 @@ def ddp_model(world: int, dim: int = 12, hidden: int = 50, layers: int = 2, seed
 
     torch.manual_seed(seed)
     layers_list = list(make_model(dim, hidden, layers))
-    model = torch.nn.Sequential(layers_list[0], torch.nn.BatchNorm1d(hidden), *layers_list[1:])
+    model = torch.nn.Sequential(layers_list[0], torch.nn.BatchNorm1d(hidden, momentum=0.0),
+                                *layers_list[1:])
     return wrap(model, torch.device("cpu"), world)
 
 
