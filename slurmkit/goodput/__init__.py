@@ -46,12 +46,11 @@ def analyse(client: SlurmClient | None = None, *, input_path: str | None = None,
     capacity (unless ``gpus_total``) and slurmdbd's node events the node failures.
 
     ``accounts``/``partitions``/``job_ids`` select runs (``12``, ``12_3``, ``7+1``);
-    ``events_dirs`` hold slurmkit's ``events.jsonl`` files; ``policy_file`` names the
-    workload classes and which may preempt which; ``window_s``: how long after a
-    PREEMPTED run's end its preemptor may start on its nodes (default
-    ``engine.DEFAULT_PREEMPTOR_WINDOW_S``). ``progress``: a bar on
-    stderr while a dump is read. Raises UserInputError for bad input, Slurm errors
-    for failed commands.
+    ``events_dirs`` hold slurmkit's ``events.jsonl`` files; ``policy_file`` names the workload
+    classes and which may preempt which; ``window_s``: how long after a PREEMPTED run's end
+    its preemptor may start on its nodes (default ``engine.DEFAULT_PREEMPTOR_WINDOW_S``).
+    ``progress``: a bar on stderr while a dump is read. Raises UserInputError for bad
+    input, Slurm errors for failed commands.
     """
     import numpy as np
 
@@ -107,12 +106,12 @@ def analyse(client: SlurmClient | None = None, *, input_path: str | None = None,
 
 def _context_around(client: SlurmClient, selected, window_s: int, stats):
     """Every job's records (live sacct) from just before the first to the window after
-    the last end of the selected jobs' PREEMPTED runs; None when there is none."""
+    the last end of the selected jobs' PREEMPTED (or REQUEUED) runs; None if none."""
     import time
 
     from slurmkit.goodput import engine, load
 
-    ends = selected.end[selected.state.mask({"PREEMPTED"}) & (selected.end > 0)]
+    ends = selected.end[selected.state.mask({"PREEMPTED", "REQUEUED"}) & (selected.end > 0)]
     if not ends.size:
         return None
     now = int(time.time())
@@ -140,15 +139,10 @@ def write(analysis: Analysis, output_format: str, stream: IO[str]) -> None:
     """Lay the analysis out on ``stream`` as one of ``FORMATS``."""
     from slurmkit.goodput import report
 
-    summary, result = analysis.summary, analysis.result
-    if output_format == "json":
-        report.write_json(summary, result, stream)
-    elif output_format == "csv":
-        report.write_csv(summary, result, stream)
-    elif output_format == "html":
-        stream.write(report.format_html(summary, result))
-    elif output_format == "table":
-        stream.write(report.format_table(summary, result))
-    else:
+    writers = {"json": report.write_json, "csv": report.write_csv,
+               "html": lambda summary, result, out: out.write(report.format_html(summary, result)),
+               "table": lambda summary, result, out: out.write(report.format_table(summary, result))}
+    if output_format not in writers:
         raise ValueError(f"output format {output_format!r}: expected one of "
                          f"{', '.join(FORMATS)}")
+    writers[output_format](analysis.summary, analysis.result, stream)

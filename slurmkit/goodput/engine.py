@@ -15,8 +15,7 @@ wallclock runs from its first eligibility to the end of its last run. The rest:
   fault; without events, the whole interrupted run.
 - ``checkpoint_stall``: the trainer blocked by periodic/final checkpoints.
 - ``preemption``: lost work and queue time of runs that a preemptor ended.
-- ``other``: after Slurm's spurious requeue (a run recorded PREEMPTED that no job
-  preempted, the job's work already done): the wait and the no-op run that follow.
+- ``other``: the wait and no-op run after Slurm's spurious requeue (PREEMPTED, no preemptor).
 
 A job is one id as sacct shows it (``12_3`` for an array task, ``7+1`` for a het
 component; JobIDRaw beside it). Slurm's records of a ``--no-kill`` job it shrank
@@ -177,10 +176,15 @@ def compute(runs: Runs, *, now: int, events: dict[int, JobEvents] | None = None,
     r_preemptor = np.full(r_first.size, -1, np.int64)
     victims = np.flatnonzero(preempted)
     pool = runs if context is None else context
-    if victims.size:
-        r_preemptor[victims] = find_preemptors(runs, r_last[victims], classes, ranks, window_s,
-                                               pool=pool)
+    r_preemptor[victims] = find_preemptors(runs, r_last[victims], classes, ranks, window_s,
+                                           pool=pool)
     spurious = preempted & (r_preemptor < 0)
+    # A preempted job that requeued itself (REQUEUED) keeps Slurm's grace flag: its next
+    # run is then spurious, and the REQUEUED one was the preemption (docs/slurm-notes.md).
+    self_requeued = later[spurious[later] & r_state.mask({"REQUEUED"})[later - 1]] - 1
+    preempted[self_requeued] = True
+    r_preemptor[self_requeued] = find_preemptors(runs, r_last[self_requeued], classes, ranks,
+                                                 window_s, pool=pool)
     # Runs split by sacct alone; runs with events are refined below.
     last_in_chain = np.zeros(r_first.size, bool)
     last_in_chain[c_last] = True
@@ -337,6 +341,8 @@ def find_preemptors(victim_runs: Runs, victims: np.ndarray, classes=(), ranks=No
     (from a policy), only a job in a guaranteed partition or of a higher-ranked class
     than the victim's qualifies. Single node ranges are compared as arrays; other node
     lists exactly, one pair at a time."""
+    if not victims.size:  # nothing to merge or sort for
+        return np.zeros(0, np.int64)
     if pool is not None and pool is not victim_runs:
         # Victims and candidates in one store: the victims' records, then the pool's.
         merged = concat([victim_runs, pool])

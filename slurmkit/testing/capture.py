@@ -14,9 +14,11 @@ Scenarios (each a job whose truth is known by construction):
 - ``nodefail``: a ``--requeue`` 2-node job whose second node is crashed (NODE_FAIL,
   requeued, completes);
 - ``preempted``: a borrowed 3-node training job preempted with a grace time by a
-  guaranteed 2-node inference job; it requeues itself on the grace time's SIGTERM and
-  its next run ends cleanly; Slurm 24.11 may record that run PREEMPTED as well and
-  requeue it once more (its stale grace flag): the capture says whether it did.
+  guaranteed 2-node inference job, requeued by Slurm; its next run ends cleanly;
+- ``preempted_self_requeue``: the same job, which requeues itself with ``scontrol
+  requeue`` when its step ends: Slurm 24.11 records that run REQUEUED, then records the
+  next clean run PREEMPTED and requeues it once more (its stale grace flag; see
+  ``PREEMPTED_SCRIPT``): the capture says whether it did.
 
 Writes ``sacct_real.json`` (``sacct -D -X --json``), ``sacct_real_parsable2.txt``
 (``--parsable2`` with its header, columns in a shuffled order, the name in the middle)
@@ -130,24 +132,27 @@ def scenario_nodefail(cluster: Cluster) -> dict:
     return {"job": job, "victim": victim, "expect": {str(job): [2, "COMPLETED"]}}
 
 
-#: The preempted job's script. Its first run waits; with ``trap``, it answers the grace
-#: time's SIGTERM by requeueing itself (as a job script that handles its own requeue
-#: does, and as slurmkit's template did before it asked for PreemptTime), without, Slurm
-#: requeues it; the next run ends cleanly.
+#: The preempted job's script. Its first run waits in a step; the grace time's SIGTERM
+#: goes to the steps, not to the batch shell, so the step ends and the script carries
+#: on. Plain: it exits and Slurm requeues it (PREEMPTED). Self-requeueing (as a job script
+#: that handles its own requeue does, and as slurmkit's template did before it asked for
+#: PreemptTime): it runs ``scontrol requeue`` on itself while still running. That path
+#: records REQUEUED and leaves the job's grace-preemption flag set (slurmctld clears it
+#: only when it requeues a preempted job itself), so the next run, which ends cleanly,
+#: is recorded PREEMPTED and requeued once more: Slurm's spurious requeue.
 PREEMPTED_SCRIPT = """#!/bin/bash
 if [ "${SLURM_RESTART_COUNT:-0}" -ge 1 ]; then sleep 3; exit 0; fi
+srun sleep 300
 %s
-srun sleep 300 &
-wait
 """
-SELF_REQUEUE_TRAP = """trap 'scontrol requeue "$SLURM_JOB_ID"; exit 0' TERM"""
+SELF_REQUEUE = """scontrol requeue "$SLURM_JOB_ID"; sleep 60"""
 
 
 def scenario_preempted(cluster: Cluster, self_requeue: bool = False) -> dict:
     """A borrowed 3-node training preempted (grace time, then requeue) by inference."""
     from tests.cluster.conftest import POLICY, POLICY_PATH
 
-    script = PREEMPTED_SCRIPT % (SELF_REQUEUE_TRAP if self_requeue else "")
+    script = PREEMPTED_SCRIPT % (SELF_REQUEUE if self_requeue else "")
     cluster.exec("ctl", ["tee", POLICY_PATH], input_text=POLICY)
     cluster.exec("ctl", ["slurmkit", "policy", "install", POLICY_PATH])
     try:
@@ -165,7 +170,9 @@ def scenario_preempted(cluster: Cluster, self_requeue: bool = False) -> dict:
                                               f"--jobs={victim}"]).stdout)["jobs"]
     states = [record["state"]["current"][0] for record in sorted(
         records, key=lambda r: r["restart_cnt"])]
-    spurious = states.count("PREEMPTED") - 1
+    # The first run is the one preempted (recorded PREEMPTED, or REQUEUED when the job
+    # requeued itself); a later PREEMPTED record has no preemptor.
+    spurious = states[1:].count("PREEMPTED")
     return {"job": victim, "owner": owner, "states": states, "spurious": spurious,
             "expect": {str(victim): [len(states), "COMPLETED"], str(owner): [1, "COMPLETED"]}}
 

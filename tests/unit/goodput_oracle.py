@@ -62,6 +62,12 @@ def jobs(records, now):
         preemptions = spurious = 0
         finished = False
         previous_end, previous_real = None, False
+        marked = [run[-1]["state"] == "PREEMPTED" and bool(run[-1]["end"]) for run in runs]
+        found = [marked[i] and preemptor_found(run[-1], records) for i, run in enumerate(runs)]
+        unreal = [m and not f for m, f in zip(marked, found, strict=True)]
+        # A job that requeued itself when preempted: Slurm's next PREEMPTED is spurious.
+        reals = [f or (run[-1]["state"] == "REQUEUED" and i + 1 < len(runs) and unreal[i + 1])
+                 for i, (run, f) in enumerate(zip(runs, found, strict=True))]
         for index, run in enumerate(runs):
             state, start = run[-1]["state"], run[0]["start"]
             run_end = run[-1]["end"] or end
@@ -74,18 +80,16 @@ def jobs(records, now):
                     "queue_after_requeue"
                 buckets[bucket] += wait
             elapsed = max(0, run_end - start) if start and run_end else 0
-            real = False
-            if state == "PREEMPTED" and run[-1]["end"]:
-                real = preemptor_found(run[-1], records)
-                preemptions += real
-                spurious += not real
+            real = reals[index]
+            preemptions += real
+            spurious += unreal[index]
             if finished:
                 buckets["other"] += elapsed
-            elif state == "PREEMPTED" and run[-1]["end"] and not real:
+            elif unreal[index]:
                 pass  # spurious: the run did its work
             elif index < len(runs) - 1 or (state in INTERRUPTED and state not in FINAL):
                 buckets["preemption" if real else "lost_work"] += elapsed
-            finished = finished or (state == "PREEMPTED" and run[-1]["end"] and not real)
+            finished = finished or unreal[index]
             previous_end, previous_real = run[-1]["end"], real
         out[job] = {"runs": len(runs), "wallclock": wallclock,
                     "productive": max(0, wallclock - sum(buckets.values())),

@@ -13,8 +13,10 @@ def test_real_24_11_accounting_gives_what_happened(data, tmp_path):
     construction, in sacct_real_truth.json): an array with a failed and a requeued
     task, a het job, '|' and non-ASCII names, a --no-kill job shrunk by Slurm, a node
     failure and requeue, a grace-time preemption requeued by Slurm and one whose job
-    requeues itself (with Slurm's spurious requeue when it happened). Both formats give exactly those runs and the same tables."""
+    requeues itself: recorded REQUEUED, then Slurm's spurious PREEMPTED requeue of the
+    next run. Both formats give exactly those runs and the same tables."""
     truth = json.loads(data("sacct_real_truth.json"))
+    assert truth["preempted_self_requeue"]["states"] == ["PENDING", "PREEMPTED", "COMPLETED"]
     expected = {job: tuple(value) for scenario in truth.values()
                 for job, value in scenario["expect"].items()}
     tables = []
@@ -36,6 +38,8 @@ def test_real_24_11_accounting_gives_what_happened(data, tmp_path):
             preempted = got[str(truth[scenario]["job"])]
             assert preempted["preemptions"] == 1, scenario
             assert preempted["spurious_requeues"] == truth[scenario]["spurious"], scenario
+            assert preempted["badput_s"]["preemption"] > 0, scenario
+        assert got[str(truth["preempted_self_requeue"]["job"])]["badput_s"]["other"] > 0
         for key, job in truth["names"]["jobs"].items():
             assert got[str(job)]["name"] == truth["names"]["names"][key]
         array = truth["array"]["job"]
