@@ -171,20 +171,20 @@ def compute(runs: Runs, *, now: int, events: dict[int, JobEvents] | None = None,
     resumed = np.where(r_start[later] > 0, r_start[later],
                        np.where(c_end[r_chain[later]] > 0, c_end[r_chain[later]], now))
     r_queue[later] = np.where(r_end[later - 1] > 0, np.maximum(0, resumed - r_end[later - 1]), 0)
-    # Preemptions: a PREEMPTED run counts as one only when a preemptor is found.
+    # Preemptions: a PREEMPTED run counts as one only when a preemptor is found. A
+    # preempted job that requeued itself (REQUEUED) keeps Slurm's grace flag: its next run
+    # is then spurious, and the REQUEUED one was the preemption (docs/slurm-notes.md).
     preempted = r_state.mask({"PREEMPTED"}) & (r_end > 0)
+    before = np.zeros(r_first.size, bool)
+    before[later - 1] = preempted[later] & r_state.mask({"REQUEUED"})[later - 1]
     r_preemptor = np.full(r_first.size, -1, np.int64)
-    victims = np.flatnonzero(preempted)
+    victims = np.flatnonzero(preempted | before)
     pool = runs if context is None else context
     r_preemptor[victims] = find_preemptors(runs, r_last[victims], classes, ranks, window_s,
                                            pool=pool)
     spurious = preempted & (r_preemptor < 0)
-    # A preempted job that requeued itself (REQUEUED) keeps Slurm's grace flag: its next
-    # run is then spurious, and the REQUEUED one was the preemption (docs/slurm-notes.md).
-    self_requeued = later[spurious[later] & r_state.mask({"REQUEUED"})[later - 1]] - 1
-    preempted[self_requeued] = True
-    r_preemptor[self_requeued] = find_preemptors(runs, r_last[self_requeued], classes, ranks,
-                                                 window_s, pool=pool)
+    preempted |= before & np.append(spurious[1:], False)  # the next run: its own job's
+    r_preemptor[~preempted] = -1
     # Runs split by sacct alone; runs with events are refined below.
     last_in_chain = np.zeros(r_first.size, bool)
     last_in_chain[c_last] = True
@@ -477,9 +477,9 @@ def cluster_node_count(runs: Runs) -> int:
 
 def _single_range_groups(runs: Runs, rows: np.ndarray):
     """(prefix, zero-padded width) and the rows of ``rows`` (single ranges) with them."""
-    lists = runs.node_list.codes[rows]
-    widths = {code: len(_first_number(runs.node_list.values[code])) for code in set(lists.tolist())}
-    width = np.array([widths[code] for code in lists.tolist()], np.int64)
+    codes, inverse = np.unique(runs.node_list.codes[rows], return_inverse=True)
+    width = np.array([len(_first_number(runs.node_list.values[code])) for code in codes.tolist()],
+                     np.int64)[inverse]
     groups = runs.node_prefix.codes[rows].astype(np.int64) * 64 + np.minimum(width, 63)
     for group in np.unique(groups).tolist():
         yield (runs.node_prefix.values[group // 64], group % 64), rows[groups == group]

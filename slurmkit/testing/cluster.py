@@ -87,10 +87,13 @@ def wait_until(
 ):
     """Poll ``condition`` until it returns a truthy value (which is returned) or the
     deadline passes (ClusterHarnessError, with ``on_timeout()``'s diagnosis)."""
-    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    deadline = started + timeout_s
     while True:
         result = condition()
         if result:
+            if os.environ.get("SLURMKIT_TRACE_WAITS"):  # where a slow test spends its time
+                print(f"[wait] {time.monotonic() - started:6.1f} s  {what}", file=sys.stderr)
             return result
         if time.monotonic() >= deadline:
             detail = f": {on_timeout()}" if on_timeout else ""
@@ -666,9 +669,13 @@ class Cluster:
             nodes.update(hostlist.expand(match.group(1)))
         return nodes
 
-    def restore(self, node: str, *, timeout_s: float = 180, wait_slurm: bool = True) -> None:
+    def restore(self, node: str, *, timeout_s: float = 180, wait_slurm: bool = True,
+                register_now: bool = False) -> None:
         """Undo crash or cut: reconnect or start the container, wait until healthy
-        and (for compute nodes) back in service."""
+        and (for compute nodes) back in service. ``register_now``: a reconnected
+        slurmd re-registers at once (SIGHUP: it re-executes itself, its job steps live
+        on) instead of at slurmctld's next ping of a DOWN node, 25-30 s later here;
+        slurmctld then also ends the steps of jobs that lost the node at once."""
         container = self._docker().containers.get(self.container(node))
         container.reload()
         networks = container.attrs["NetworkSettings"]["Networks"]
@@ -687,6 +694,8 @@ class Cluster:
         elif self.network not in networks:
             self._docker().networks.get(self.network).connect(
                 container, ipv4_address=self.node_address(node), aliases=[node])
+            if register_now and node in COMPUTE_NODES:
+                self.exec(node, ["pkill", "-HUP", "-x", "slurmd"], check=False)
         elif node == "ctl":
             # Running, connected and still unhealthy: a hung slurmctld does not come
             # back by waiting (it once failed every later test of a CI run).

@@ -62,7 +62,7 @@ def _all_nodes_back(request):
     for node in ("db", "ctl", *COMPUTE_NODES, "login"):
         if cluster.health(node) != "healthy" or (
                 node in COMPUTE_NODES and cluster.network not in _networks(cluster, node)):
-            cluster.restore(node)
+            cluster.restore(node, register_now=True)
     cluster.wait_nodes_up(COMPUTE_NODES, timeout_s=180)
     cluster.faulted.clear()
     log_mark = cluster.controller_log_lines()

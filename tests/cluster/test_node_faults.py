@@ -39,7 +39,7 @@ def test_failed_nodes_fail_their_jobs_per_their_flags_come_back_and_are_avoided(
     wait_until(f"sinfo to show {bystander} not responding",
                lambda: slurm.node_states().get(bystander, frozenset()) & _DEAD, timeout_s=120)
     assert cluster.container_state(bystander).get("Running") is True
-    cluster.restore(bystander)
+    cluster.restore(bystander, register_now=True)
     wait_until(f"{bystander} back in service",
                lambda: not slurm.node_states()[bystander] & _DEAD, timeout_s=180)
 

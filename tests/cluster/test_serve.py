@@ -35,7 +35,7 @@ def test_a_burst_reclaims_borrowed_training_and_the_end_gives_it_back(
     borrowed training job (requeued with its triggered checkpoint); the burst's end
     scales down through drained replicas with zero failed requests; the training job
     resumes on the freed node."""
-    # A short window and cooldowns keep the day in under a minute and a half.
+    # A short window and cooldowns keep the day in under a minute.
     service = Service(cluster, "burst", replicas="1-2", listen_port=18081, port=8110,
                       scaling={"window_s": 5, "down_stable_s": 5, "down_cooldown_s": 10})
     services.append(service)
@@ -53,7 +53,7 @@ def test_a_burst_reclaims_borrowed_training_and_the_end_gives_it_back(
     borrowed.wait_step(10, timeout_s=120)
 
     # 3/s, a burst of 16/s (2 replicas at 10/s each), then 3/s again.
-    load = Load(cluster, service.url, "calm:5:3,burst:35:16,after:35:3",
+    load = Load(cluster, service.url, "calm:5:3,burst:25:16,after:25:3",
                 out_path=f"{service.home}/serve-burst-load.jsonl").start()
     wait_until("the scale-up to reclaim the borrowed node", lambda: len(
         service.replicas_in("ready")) == 2, timeout_s=90, interval_s=0.5,
@@ -116,7 +116,7 @@ def test_a_dead_replica_node_is_taken_out_and_replaced(cluster, policy_installed
     service.write()
     service.start()
     ready = service.wait_serving(2, timeout_s=90)
-    load = Load(cluster, service.url, "steady:45:8",
+    load = Load(cluster, service.url, "steady:30:8",
                 out_path=f"{service.home}/serve-crash-load.jsonl").start()
     time.sleep(4)  # the load is on both replicas
     victim = ready[-1]
