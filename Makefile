@@ -8,9 +8,10 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
-# Two workers: the cluster tests (one xdist group, in order) mostly wait on Slurm, so
-# the unit tests run beside them on the second worker.
-PARALLEL := -n 2 --dist loadgroup
+# Three workers on 2 cores: the cluster tests (one xdist group, in order) mostly wait on
+# Slurm, and so does the torch container's group (one `docker run`): the unit tests run
+# beside both on the third worker and on whichever finishes first.
+PARALLEL := -n 3 --dist loadgroup
 
 .DEFAULT_GOAL := help
 

@@ -53,7 +53,7 @@ def test_a_burst_reclaims_borrowed_training_and_the_end_gives_it_back(
     borrowed.wait_step(10, timeout_s=120)
 
     # 3/s, a burst of 16/s (2 replicas at 10/s each), then 3/s again.
-    load = Load(cluster, service.url, "calm:5:3,burst:25:16,after:25:3",
+    load = Load(cluster, service.url, "calm:3:3,burst:20:16,after:20:3",
                 out_path=f"{service.home}/serve-burst-load.jsonl").start()
     wait_until("the scale-up to reclaim the borrowed node", lambda: len(
         service.replicas_in("ready")) == 2, timeout_s=90, interval_s=0.5,
@@ -160,7 +160,7 @@ def test_a_killed_controller_is_adopted_and_stop_cleans_up_without_it(
     service.write()
     service.start()
     before = sorted(r["job_id"] for r in service.wait_serving(2, timeout_s=90))
-    load = Load(cluster, service.url, "steady:20:6").start()
+    load = Load(cluster, service.url, "steady:12:6").start()
     time.sleep(3)
     old_pid = service.controller_pid()
     service.kill_controller()
