@@ -16,7 +16,7 @@ PARALLEL := -n 3 --dist loadgroup
 .DEFAULT_GOAL := help
 
 .PHONY: host-deps
-.PHONY: help venv test test-unit test-cluster test-torch demo cluster-up cluster-down cluster-clean \
+.PHONY: help venv test test-unit test-cluster test-torch test-slow demo cluster-up cluster-down cluster-clean \
         cluster-status bench lint campaign mutation
 
 help: ## Show this help
@@ -41,23 +41,33 @@ host-deps: ## Host tools the tests use (headless Chromium for the HTML report te
 
 # The PyTorch jobs' cluster scenarios (tests/cluster/test_torch.py) take ~5 minutes
 # on 2 cores: they run with `make test-torch`, not in `make test`, which must stay
-# near 10 minutes (the torch code itself is checked in `make test`, in the node image).
+# under 10 minutes (the torch code itself is checked in `make test`, in the node image).
 TORCH_CLUSTER_TESTS := tests/cluster/test_torch.py
+# For the same reason `slurmkit serve`'s fault scenarios on the cluster (~2 minutes; the
+# burst that reclaims borrowed training stays in `make test`, and so does the router's
+# side with the real HAProxy, tests/unit/test_serve_router.py) run with `make test-slow`.
+# The harness's own test of a hung slurmctld (tests/cluster/test_controller_hang.py) too.
+SLOW_CLUSTER_TESTS := $(TORCH_CLUSTER_TESTS) tests/cluster/test_serve_faults.py \
+                      tests/cluster/test_controller_hang.py
 
-test: $(VENV)/.installed host-deps ## Run every test (builds and starts the cluster when needed)
+test: $(VENV)/.installed host-deps ## Run every test but the slow cluster scenarios of `make test-slow` (builds and starts the cluster when needed)
 	$(PY) -m slurmkit.testing.cluster up
-	$(PY) -m pytest tests --ignore=$(TORCH_CLUSTER_TESTS) $(PARALLEL) $(PYTEST_ARGS)
+	$(PY) -m pytest tests $(addprefix --ignore=,$(SLOW_CLUSTER_TESTS)) $(PARALLEL) $(PYTEST_ARGS)
 
 test-torch: $(VENV)/.installed ## The PyTorch jobs on the cluster (DDP/FSDP2 losing a node; ~5 min; not in `make test`)
 	$(PY) -m slurmkit.testing.cluster up
 	$(PY) -m pytest $(TORCH_CLUSTER_TESTS) -n 1 $(PYTEST_ARGS)
+
+test-slow: $(VENV)/.installed ## The cluster scenarios kept out of `make test`: the PyTorch jobs and serve's faults (~7 min)
+	$(PY) -m slurmkit.testing.cluster up
+	$(PY) -m pytest $(SLOW_CLUSTER_TESTS) -n 1 $(PYTEST_ARGS)
 
 test-unit: $(VENV)/.installed host-deps ## Run the unit tests only (no Slurm needed)
 	$(PY) -m pytest tests/unit $(PARALLEL) $(PYTEST_ARGS)
 
 test-cluster: $(VENV)/.installed ## Run the cluster tests only
 	$(PY) -m slurmkit.testing.cluster up
-	$(PY) -m pytest tests/cluster --ignore=$(TORCH_CLUSTER_TESTS) $(PYTEST_ARGS)
+	$(PY) -m pytest tests/cluster $(addprefix --ignore=,$(SLOW_CLUSTER_TESTS)) $(PYTEST_ARGS)
 
 demo: $(VENV)/.installed ## Bring the cluster up and run the main job end to end (DEMO=torch: the PyTorch DDP job)
 	$(PY) -m slurmkit.testing.cluster up

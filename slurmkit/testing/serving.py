@@ -1,6 +1,7 @@
 """`slurmkit serve` on the docker-slurm cluster: a service's spec and controller on the
 login node, an open-loop load from the login node, the example trainer as borrowed
-training. Shared by tests/cluster/test_serve.py and bench/tidal.py."""
+training. Shared by tests/cluster/test_serve.py, tests/cluster/test_serve_faults.py
+and bench/tidal.py."""
 
 from __future__ import annotations
 

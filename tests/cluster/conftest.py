@@ -24,6 +24,7 @@ from slurmkit.testing.cluster import (
     exclusive_use,
     wait_until,
 )
+from slurmkit.testing.serving import Service
 from slurmkit.topology.model import parse_topology
 
 
@@ -248,3 +249,15 @@ def leaf_of(cluster) -> dict[str, str]:
     """node -> leaf switch, from the cluster's own topology.conf."""
     text = cluster.exec("ctl", ["cat", "/etc/slurm/topology.conf"]).stdout
     return parse_topology(text, "topology.conf").leaf_of
+
+
+@pytest.fixture
+def services(cluster):
+    """Services a test starts; each is stopped (and checked to leave nothing) after it."""
+    started: list[Service] = []
+    yield started
+    for service in started:
+        service.stop()
+        cluster.exec("login", ["pkill", "-9", "-u", service.user, "-f",
+                               f"slurmkit serve {service.spec_path}"], check=False)
+        cluster.exec("login", ["pkill", "-u", service.user, "-x", "haproxy"], check=False)

@@ -48,10 +48,11 @@ def results() -> dict[str, dict]:
                     pytrace=False)
     # The default network, not --network none: gloo and torchrun's agents find their
     # address from the host name, which does not resolve without one (torchrun hung).
-    # A quarter of the default CPU weight: the cluster tests beside it (make test) keep
-    # the CPU their slurmd heartbeats need; idle CPU is still all ours.
+    # An eighth of the default CPU weight: the cluster tests beside it (make test), the
+    # longer chain, keep the CPU their trainers and slurmd heartbeats need; idle CPU is
+    # still all ours.
     result = subprocess.run(
-        ["docker", "run", "--rm", "--cpu-shares=256", "--entrypoint", "python3",
+        ["docker", "run", "--rm", "--cpu-shares=128", "--entrypoint", "python3",
          "-v", f"{REPO}:/opt/slurmkit:ro", "-w", "/opt/slurmkit", image,
          "-m", "tests.unit.torch_inner", *CHECKS],
         capture_output=True, text=True, timeout=TIMEOUT_S)
