@@ -46,9 +46,11 @@ TORCH_CLUSTER_TESTS := tests/cluster/test_torch.py
 # For the same reason `slurmkit serve`'s fault scenarios on the cluster (~2 minutes; the
 # burst that reclaims borrowed training stays in `make test`, and so does the router's
 # side with the real HAProxy, tests/unit/test_serve_router.py) run with `make test-slow`.
-# The harness's own test of a hung slurmctld (tests/cluster/test_controller_hang.py) too.
+# The harness's own test of a hung slurmctld (tests/cluster/test_controller_hang.py) and
+# the PyTorch examples end to end in the node image (tests/unit/test_torch_examples.py,
+# the same scenarios as test_torch.py) too.
 SLOW_CLUSTER_TESTS := $(TORCH_CLUSTER_TESTS) tests/cluster/test_serve_faults.py \
-                      tests/cluster/test_controller_hang.py
+                      tests/cluster/test_controller_hang.py tests/unit/test_torch_examples.py
 
 test: $(VENV)/.installed host-deps ## Run every test but the slow cluster scenarios of `make test-slow` (builds and starts the cluster when needed)
 	$(PY) -m slurmkit.testing.cluster up

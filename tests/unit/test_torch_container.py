@@ -20,8 +20,14 @@ from slurmkit.testing.cluster import base_image_tag, node_image_tag
 
 REPO = Path(__file__).resolve().parents[2]
 INNER = Path(__file__).with_name("torch_inner.py")
-CHECKS = [node.name for node in ast.parse(INNER.read_text()).body
-          if isinstance(node, ast.FunctionDef) and node.name.startswith("check_")]
+ALL_CHECKS = [node.name for node in ast.parse(INNER.read_text()).body
+              if isinstance(node, ast.FunctionDef) and node.name.startswith("check_")]
+#: The examples end to end (torchrun, srun-style rendezvous, the FSDP example losing a
+#: node): the same scenarios as tests/cluster/test_torch.py, so they run with it in
+#: `make test-slow` (tests/unit/test_torch_examples.py), not in `make test`.
+SLOW_CHECKS = ("check_examples_under_torchrun_and_srun_style_rendezvous",
+               "check_the_fsdp_example_survives_a_killed_node")
+CHECKS = [name for name in ALL_CHECKS if name not in SLOW_CHECKS]
 TIMEOUT_S = 900
 
 # One container for every check: these tests run on one xdist worker.
@@ -36,6 +42,11 @@ def node_image() -> str:
 
 @pytest.fixture(scope="module")
 def results() -> dict[str, dict]:
+    return run_checks(CHECKS)
+
+
+def run_checks(checks: list[str]) -> dict[str, dict]:
+    """Run ``checks`` of torch_inner.py in one container; their outcomes by name."""
     if shutil.which("docker") is None:
         pytest.fail("docker is not installed: the torch checks run in the node image",
                     pytrace=False)
@@ -54,7 +65,7 @@ def results() -> dict[str, dict]:
     result = subprocess.run(
         ["docker", "run", "--rm", "--cpu-shares=128", "--entrypoint", "python3",
          "-v", f"{REPO}:/opt/slurmkit:ro", "-w", "/opt/slurmkit", image,
-         "-m", "tests.unit.torch_inner", *CHECKS],
+         "-m", "tests.unit.torch_inner", *checks],
         capture_output=True, text=True, timeout=TIMEOUT_S)
     found = {}
     for line in result.stdout.splitlines():
@@ -68,7 +79,7 @@ def results() -> dict[str, dict]:
 
 
 def test_the_inner_checks_are_found():
-    assert len(CHECKS) >= 5, CHECKS
+    assert len(CHECKS) >= 5 and set(SLOW_CHECKS) < set(ALL_CHECKS), ALL_CHECKS
 
 
 @pytest.mark.parametrize("name", CHECKS)
