@@ -105,7 +105,18 @@ def template_dirs(extra: Sequence[Path | str] = ()) -> list[Path]:
     if os.environ.get("SLURMKIT_TEMPLATE_DIR"):
         dirs.append(Path(os.environ["SLURMKIT_TEMPLATE_DIR"]))
     dirs += [USER_TEMPLATES, SITE_TEMPLATES, PACKAGE_TEMPLATES]
-    return [path for path in dirs if path.is_dir()]
+    return [path for path in dirs if _is_dir(path)]
+
+
+def _is_dir(path: Path) -> bool:
+    """A missing directory is skipped; one that cannot even be looked up (a name too
+    long, a permission error) is an error that names it."""
+    try:
+        return path.is_dir()
+    except OSError as error:
+        shown = str(path) if len(str(path)) <= 200 else f"{str(path)[:200]}..."
+        raise UserInputError(f"template directory {shown!r}: {error.strerror or error}; "
+                             "fix --template-dir or SLURMKIT_TEMPLATE_DIR") from None
 
 
 def environment(extra_dirs: Sequence[Path | str] = ()):

@@ -385,3 +385,14 @@ def test_compiled_templates_are_cached_under_the_home_without_xdg(tmp_path, monk
     monkeypatch.setenv("HOME", str(tmp_path))
     render_script(build_spec({"command": ["x"]}))
     assert list((tmp_path / ".cache" / "slurmkit" / "jinja").iterdir())
+
+
+def test_a_template_directory_that_cannot_be_looked_up_is_named(monkeypatch):
+    """A name too long for the file system (found by test_cli_fuzz.py) is bad input that
+    names the setting, not an internal error."""
+    from slurmkit.errors import UserInputError
+    from slurmkit.render import template_dirs
+
+    monkeypatch.setenv("SLURMKIT_TEMPLATE_DIR", "9" * 5000)
+    with pytest.raises(UserInputError, match="fix --template-dir or SLURMKIT_TEMPLATE_DIR"):
+        template_dirs()
