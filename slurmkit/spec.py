@@ -88,30 +88,35 @@ def parse_time_limit(text: str | int) -> int | None:
     return -(-total_s // 60)
 
 
-def parse_nodes(value: str | int) -> tuple[int, int]:
-    """``4`` or ``"2-4"`` -> (min, max)."""
-    if isinstance(value, bool):
-        raise ValueError("expected N or MIN-MAX")
+def parse_min_max(value: Any, *, noun: str, most: int) -> tuple[int, int]:
+    """``4`` or ``"2-4"`` -> (min, max): the one reading of an elastic count, for a
+    job's nodes and a service's replicas alike."""
+    example = 'e.g. 4 or "2-4"'
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f'expected N or "MIN-MAX" ({example})')
     if isinstance(value, int):
         low = high = value
-    elif isinstance(value, str):
+    else:
         # ASCII digits, at most 10 of them: the bound below is checked on small ints.
         match = re.fullmatch(r"\s*([0-9]{1,10})\s*(?:-\s*([0-9]{1,10})\s*)?", value)
         if not match:
             if re.fullmatch(r"\s*[0-9]+\s*(-\s*[0-9]+\s*)?", value):
-                raise ValueError(f"at most {MAX_NODES} nodes")
-            raise ValueError("expected N or MIN-MAX, e.g. 4 or 2-4")
+                raise ValueError(f"at most {most} {noun}")
+            raise ValueError(f'expected N or "MIN-MAX" ({example})')
         low = int(match[1])
         high = int(match[2]) if match[2] else low
-    else:
-        raise ValueError("expected N or MIN-MAX, e.g. 4 or \"2-4\"")
     if low < 1:
-        raise ValueError("at least 1 node")
+        raise ValueError(f"MIN must be at least 1 (no {noun}, nothing runs)")
     if high < low:
-        raise ValueError(f"MAX ({high}) is below MIN ({low})")
-    if high > MAX_NODES:
-        raise ValueError(f"at most {MAX_NODES} nodes")
+        raise ValueError(f'MIN ({low}) is above MAX ({high}): write "{high}-{low}"')
+    if high > most:
+        raise ValueError(f"at most {most} {noun}")
     return low, high
+
+
+def parse_nodes(value: str | int) -> tuple[int, int]:
+    """``4`` or ``"2-4"`` -> (min, max) nodes."""
+    return parse_min_max(value, noun="nodes", most=MAX_NODES)
 
 
 def parse_env_assignment(text: str) -> tuple[str, str]:

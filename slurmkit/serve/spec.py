@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from slurmkit.errors import UserInputError
-from slurmkit.spec import parse_time_limit
+from slurmkit.spec import parse_min_max, parse_time_limit
 
 SIGNALS = ("rate", "inflight", "latency")
 #: The placeholder replaced by a replica's port in the server's argv.
@@ -53,7 +53,6 @@ _NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,30}")
 _SLURM_NAME_RE = re.compile(r"[A-Za-z0-9_.+-]{1,64}")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _PATH_RE = re.compile(r"/[^\x00-\x1f\x7f]*")
-_REPLICAS_RE = re.compile(r"\s*([0-9]{1,4})\s*(?:-\s*([0-9]{1,4})\s*)?")
 
 _TOP_KEYS = {
     "name": "service name: 1-31 lowercase letters, digits and '-'",
@@ -399,22 +398,7 @@ def _choice(choices: tuple[str, ...]):
 
 
 def _replicas(value: Any) -> tuple[int, int]:
-    if isinstance(value, bool):
-        raise ValueError("expected \"MIN-MAX\" or N")
-    if isinstance(value, int):
-        low = high = value
-    elif isinstance(value, str) and (match := _REPLICAS_RE.fullmatch(value)):
-        low = int(match[1])
-        high = int(match[2]) if match[2] else low
-    else:
-        raise ValueError("expected \"MIN-MAX\" (e.g. \"1-4\") or a fixed N")
-    if low < 1:
-        raise ValueError("MIN must be at least 1 (a service with no replica serves nothing)")
-    if high < low:
-        raise ValueError(f"MIN ({low}) is above MAX ({high}): write \"{high}-{low}\"")
-    if high > MAX_REPLICAS:
-        raise ValueError(f"at most {MAX_REPLICAS} replicas")
-    return low, high
+    return parse_min_max(value, noun="replicas", most=MAX_REPLICAS)
 
 
 def _http_path(value: Any) -> str:

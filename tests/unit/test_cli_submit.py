@@ -68,7 +68,7 @@ def test_dry_run_prints_the_script_and_submits_nothing(slurm, spec_file):
 
 def test_flag_errors_are_usage_errors(slurm, spec_file):
     result = CliRunner().invoke(cli, ["submit", str(spec_file), "-N", "4-2"])
-    assert result.exit_code == 2 and "MAX (2) is below MIN (4)" in result.output
+    assert result.exit_code == 2 and "MIN (4) is above MAX (2)" in result.output
     result = CliRunner().invoke(cli, ["submit", str(spec_file), "-t", "soon"])
     assert result.exit_code == 2 and "'soon'" in result.output
 

@@ -57,10 +57,10 @@ def test_min_above_max_says_how_to_write_it(tmp_path):
 
 @pytest.mark.parametrize("value, fragment", [
     ("0-2", "MIN must be at least 1"),
-    ("a-b", 'expected "MIN-MAX"'),
-    (True, 'expected "MIN-MAX" or N'),
+    ("a-b", 'expected N or "MIN-MAX"'),
+    (True, 'expected N or "MIN-MAX"'),
     ("1-5000", "at most 1000 replicas"),
-    ([1, 2], 'expected "MIN-MAX"'),
+    ([1, 2], 'expected N or "MIN-MAX"'),
 ])
 def test_bad_replica_ranges(tmp_path, value, fragment):
     assert fragment in problems(tmp_path, replicas=value)

@@ -54,7 +54,7 @@ def test_every_problem_is_reported_at_once():
         build_spec({"command": "python train.py", "nodes": "4-2", "time_limit": "soon",
                     "signal": "USR1", "kind": "training"})
     message = str(caught.value)
-    for fragment in ("a single string would need a shell", "MAX (2) is below MIN (4)",
+    for fragment in ("a single string would need a shell", "MIN (4) is above MAX (2)",
                      "time_limit = 'soon'", "SIGUSR1 is used by NCCL"):
         assert fragment in message
 
