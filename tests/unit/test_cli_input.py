@@ -2,38 +2,15 @@
 traceback, never a hang: the cases found by the hostile-input review (issue 12), each
 through the CLI. The generated counterpart is test_cli_fuzz.py."""
 
-import json
 import os
 
 import pytest
 from click.testing import CliRunner
 
 from slurmkit.cli import cli
-from slurmkit.cli._context import Connection
-from slurmkit.slurm.runner import CommandResult, RecordingRunner
 
 PLAN = ["plan", "--gpus-per-node", "8", "--model-gb", "10", "--gpu-memory-gb", "80",
         "--global-batch", "4096", "--micro-batch", "2"]
-
-
-@pytest.fixture
-def slurm(monkeypatch, data):
-    """Four nodes, no failures (as test_cli_submit's fixture)."""
-    from tests.unit.test_cli_submit import TOPOLOGY_TEXT
-
-    def respond(argv):
-        if argv[:3] == ("scontrol", "show", "nodes"):
-            return CommandResult(argv, 0, data("scontrol_nodes.json"), "", "fake")
-        if argv[:3] == ("scontrol", "show", "topology"):
-            return CommandResult(argv, 0, TOPOLOGY_TEXT, "", "fake")
-        if argv[0] == "sacct":
-            return CommandResult(argv, 0, json.dumps({"jobs": []}), "", "fake")
-        if argv[0] == "sacctmgr":
-            return CommandResult(argv, 0, "", "", "fake")
-        return CommandResult(argv, 1, "", "unexpected command", "fake")
-
-    monkeypatch.setattr(Connection, "runner", lambda self: RecordingRunner(respond))
-    monkeypatch.setattr("slurmkit.cli.submit._have_slurm", lambda: True)
 
 
 @pytest.fixture

@@ -8,32 +8,7 @@ from click.testing import CliRunner
 from slurmkit.cli import cli
 from slurmkit.cli._context import Connection
 from slurmkit.slurm.runner import CommandResult, RecordingRunner
-
-TOPOLOGY_TEXT = ("SwitchName=leaf1 Level=0 LinkSpeed=1 Nodes=c[1-2]\n"
-                 "SwitchName=leaf2 Level=0 LinkSpeed=1 Nodes=c[3-4]\n"
-                 "SwitchName=spine Level=1 LinkSpeed=1 Nodes=c[1-4] Switches=leaf[1-2]\n")
-
-
-@pytest.fixture
-def slurm(monkeypatch, data):
-    """A fake cluster: nodes from the capture (c4 half busy), no failures."""
-    def respond(argv):
-        if argv[:3] == ("scontrol", "show", "nodes"):
-            return CommandResult(argv, 0, data("scontrol_nodes.json"), "", "fake")
-        if argv[:3] == ("scontrol", "show", "topology"):
-            return CommandResult(argv, 0, TOPOLOGY_TEXT, "", "fake")
-        if argv[0] == "sacct":
-            return CommandResult(argv, 0, json.dumps({"jobs": []}), "", "fake")
-        if argv[0] == "sacctmgr":
-            return CommandResult(argv, 0, "", "", "fake")
-        if argv[:2] == ("sbatch", "--parsable"):
-            return CommandResult(argv, 0, "4242\n", "", "fake")
-        return CommandResult(argv, 1, "", "unexpected command", "fake")
-
-    runner = RecordingRunner(respond)
-    monkeypatch.setattr(Connection, "runner", lambda self: runner)
-    monkeypatch.setattr("slurmkit.cli.submit._have_slurm", lambda: True)
-    return runner
+from tests.unit.conftest import TOPOLOGY_TEXT
 
 
 @pytest.fixture

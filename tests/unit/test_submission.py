@@ -229,24 +229,9 @@ def test_12500_nodes_the_job_stays_placeable_when_enough_nodes_are_up(big, minim
 
 
 def _client(data, *, sbatch_stderr=""):
-    import json
-
     from slurmkit.slurm.client import SlurmClient
-    from slurmkit.slurm.runner import CommandResult, RecordingRunner
-    from tests.unit.test_cli_submit import TOPOLOGY_TEXT
-
-    def respond(argv):
-        if argv[:3] == ("scontrol", "show", "nodes"):
-            return CommandResult(argv, 0, data("scontrol_nodes.json"), "", "fake")
-        if argv[:3] == ("scontrol", "show", "topology"):
-            return CommandResult(argv, 0, TOPOLOGY_TEXT, "", "fake")
-        if argv[0] == "sacct":
-            return CommandResult(argv, 0, json.dumps({"jobs": []}), "", "fake")
-        if argv[0] == "sacctmgr":
-            return CommandResult(argv, 0, "", "", "fake")
-        if argv[:2] == ("sbatch", "--parsable"):
-            return CommandResult(argv, 0, "77\n", sbatch_stderr, "fake")
-        return CommandResult(argv, 1, "", "unexpected command", "fake")
+    from slurmkit.slurm.runner import RecordingRunner
+    from tests.unit.conftest import fake_slurm
 
     class Runner(RecordingRunner):
         """Also keeps what each command read on stdin (sbatch: the script)."""
@@ -255,7 +240,7 @@ def _client(data, *, sbatch_stderr=""):
             self.inputs.append(input_text)
             return super().run(argv, timeout_s=timeout_s, input_text=input_text)
 
-    runner = Runner(respond)
+    runner = Runner(fake_slurm(data, job_id=77, sbatch_stderr=sbatch_stderr))
     runner.inputs = []
     return SlurmClient(runner), runner
 
