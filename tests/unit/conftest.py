@@ -31,11 +31,11 @@ TOPOLOGY_TEXT = ("SwitchName=leaf1 Level=0 LinkSpeed=1 Nodes=c[1-2]\n"
                  "SwitchName=spine Level=1 LinkSpeed=1 Nodes=c[1-4] Switches=leaf[1-2]\n")
 
 
-def fake_slurm(data, *, job_id: int = 4242, sbatch_stderr: str = ""):
+def fake_slurm(data, *, job_id: int = 4242, sbatch_stderr: str = "",
+               sacct: str = '{"jobs": []}', events: str = ""):
     """A responder for RecordingRunner: the captured nodes (c4 half busy), the
-    topology above, no failures in sacct, and sbatch answering ``job_id``."""
-    import json
-
+    topology above, ``sacct``'s and ``sacctmgr``'s output (no failures unless
+    given), and sbatch answering ``job_id``."""
     from slurmkit.slurm.runner import CommandResult
 
     def respond(argv):
@@ -44,9 +44,9 @@ def fake_slurm(data, *, job_id: int = 4242, sbatch_stderr: str = ""):
         if argv[:3] == ("scontrol", "show", "topology"):
             return CommandResult(argv, 0, TOPOLOGY_TEXT, "", "fake")
         if argv[0] == "sacct":
-            return CommandResult(argv, 0, json.dumps({"jobs": []}), "", "fake")
+            return CommandResult(argv, 0, sacct, "", "fake")
         if argv[0] == "sacctmgr":
-            return CommandResult(argv, 0, "", "", "fake")
+            return CommandResult(argv, 0, events, "", "fake")
         if argv[:2] == ("sbatch", "--parsable"):
             return CommandResult(argv, 0, f"{job_id}\n", sbatch_stderr, "fake")
         return CommandResult(argv, 1, "", "unexpected command", "fake")

@@ -7,8 +7,8 @@ from click.testing import CliRunner
 
 from slurmkit.cli import cli
 from slurmkit.cli._context import Connection
-from slurmkit.slurm.runner import CommandResult, RecordingRunner
-from tests.unit.conftest import TOPOLOGY_TEXT
+from slurmkit.slurm.runner import RecordingRunner
+from tests.unit.conftest import fake_slurm
 
 
 @pytest.fixture
@@ -110,17 +110,7 @@ def test_dry_run_after_every_node_crashed_once_excludes_none(monkeypatch, data, 
               "c2|1796015828|1796015830|DOWN*|Not responding\n"
               "c1|1796015920|1796015937|DOWN*|Not responding\n")
 
-    def respond(argv):
-        if argv[:3] == ("scontrol", "show", "nodes"):
-            return CommandResult(argv, 0, data("scontrol_nodes.json"), "", "fake")
-        if argv[:3] == ("scontrol", "show", "topology"):
-            return CommandResult(argv, 0, TOPOLOGY_TEXT, "", "fake")
-        if argv[0] == "sacct":
-            return CommandResult(argv, 0, sacct, "", "fake")
-        if argv[0] == "sacctmgr":
-            return CommandResult(argv, 0, events, "", "fake")
-        return CommandResult(argv, 1, "", "unexpected command", "fake")
-
+    respond = fake_slurm(data, sacct=sacct, events=events)
     monkeypatch.setattr(Connection, "runner", lambda self: RecordingRunner(respond))
     monkeypatch.setattr("slurmkit.cli.submit._have_slurm", lambda: True)
     spec_file.write_text('kind = "training"\ncommand = ["python", "train.py"]\n'
