@@ -124,6 +124,9 @@ def act_one(cluster: Cluster, training: Training, randomness: random.Random) -> 
     training.wait_step(randomness.randint(steps * 3 // 20, steps * 3 // 10), timeout_s=600)
     nodes = [e for e in training.events() if e["event"] == "attempt-start"][0]["nodes"]
     victim = randomness.choice(nodes[1:])
+    if training.last_step() >= steps - 1:
+        raise SlurmkitError(f"{training.name} reached step {training.last_step()} of {steps} "
+                            "before act one could crash a node: nothing left to recover")
     say(f"act 1, step {training.last_step()}: crashing {victim} (docker kill)")
     crashed_at = time.time()
     cluster.crash(victim)
@@ -194,18 +197,20 @@ def run_demo(cluster: Cluster, job: Job, *, two_acts: bool) -> int:
     training = submit_over_ssh(cluster, job)
     print(f"job {training.job_id}, pinned to {training.submit_output['placement']['nodelist']}; "
           "sbatch --no-kill: the allocation outlives a lost node")
-    if job.program == TRAINER:
-        print("meanwhile: the fault-free reference result, computed by one process")
-        reference = reference_sha(cluster, job.steps)
-    else:
-        print("meanwhile: the fault-free reference run, 8 ranks under torchrun on the login node")
-        reference, reference_losses = torch_reference(cluster, job.program, job.steps)
-
     inplace_s = act_one(cluster, training, randomness)
     requeue_s = act_two(cluster, training, randomness) if two_acts else None
     say(f"training on to step {job.steps}")
     wait_trained(training, timeout_s=600)
     records = training.wait_finished(timeout_s=600)
+    # The fault-free reference comes after the job, never beside it: run first, it let
+    # a fast job finish before act one could crash a node; run beside it, it would take
+    # the job's CPU and its recovery times with it.
+    if job.program == TRAINER:
+        say("the fault-free reference result, computed by one process")
+        reference = reference_sha(cluster, job.steps)
+    else:
+        say("the fault-free reference run, 8 ranks under torchrun on the login node")
+        reference, reference_losses = torch_reference(cluster, job.program, job.steps)
 
     say("sacct -D: every record of the job (RESIZING: Slurm shrank the --no-kill job)")
     print(output.table(["RUN", "STATE", "NODES", "ELAPSED_S"],
