@@ -56,7 +56,7 @@ test: $(VENV)/.installed host-deps ## Run every test but the slow cluster scenar
 	$(PY) -m slurmkit.testing.cluster up
 	$(PY) -m pytest tests $(addprefix --ignore=,$(SLOW_CLUSTER_TESTS)) $(PARALLEL) $(PYTEST_ARGS)
 
-test-torch: $(VENV)/.installed ## The PyTorch jobs on the cluster (DDP/FSDP2 losing a node; ~5 min; not in `make test`)
+test-torch: $(VENV)/.installed ## The PyTorch jobs on the cluster (DDP/FSDP2 losing a node, in place and by requeue; ~5 min; not in `make test`)
 	$(PY) -m slurmkit.testing.cluster up
 	$(PY) -m pytest $(TORCH_CLUSTER_TESTS) -n 1 $(PYTEST_ARGS)
 

@@ -12,6 +12,10 @@ FSDP2 holds each shard on one rank only: the survivors rebuild the lost node's s
 from the replicas their peers sent them between steps (at most one step lost); with
 replication off they cannot, and the job resumes from its last periodic checkpoint,
 saying so.
+
+Losing the batch host (the launch supervisor with it) leaves only Slurm's requeue: the
+DDP survivors write the triggered checkpoint, ask for the requeue, and the next run
+loads it on 3 nodes, on the same trajectory.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from slurmkit.testing.training import (
     Training,
     compare_weights,
     no_trainer_left,
+    survivors_save,
     torch_reference,
     wait_in_place_recovery,
     wait_trained,
@@ -62,18 +67,23 @@ def rng(request) -> random.Random:
     return random.Random(seed)
 
 
+def wait_fault_step(training: Training, rng: random.Random) -> None:
+    """Until a random step in FAULT_STEPS, 2 or 3 steps after a periodic checkpoint:
+    right after one the survivors would find the step they hold already saved (and
+    rightly write nothing), which is not the case under test."""
+    target = rng.randint(*FAULT_STEPS)
+    wait_until(f"{training.name} to reach step {target} + 2 or 3 (mod {EVERY})",
+               lambda: (step := training.last_step()) >= target and step % EVERY in (2, 3),
+               timeout_s=400, interval_s=0.1)
+
+
 def crash_one_node(cluster, jobs, rng, name: str, program, *, submit_args=(),
                    trainer_args=()):
     training = Training.submit(cluster, name, STEPS, program=program,
                                trainer_args=(*PERIODIC, *trainer_args),
                                submit_args=submit_args)
     jobs.job_ids.append(training.job_id)
-    # Not right after a periodic checkpoint: the survivors would find the step they
-    # hold already saved (and rightly write nothing), which is not the case under test.
-    target = rng.randint(*FAULT_STEPS)
-    wait_until(f"{name} to reach step {target} + 2 or 3 (mod {EVERY})",
-               lambda: (step := training.last_step()) >= target and step % EVERY in (2, 3),
-               timeout_s=400, interval_s=0.1)
+    wait_fault_step(training, rng)
     [start] = [e for e in training.events() if e["event"] == "attempt-start"
                and e["attempt"] == 0 and e["run"] == 0]
     assert len(start["nodes"]) == 4, start
@@ -103,15 +113,16 @@ def resumed_restore(training: Training, recovery) -> dict:
 
 def assert_trajectory(training: Training, reference: dict, resumed_from: int) -> None:
     """Every step's loss: bitwise the reference's up to ``resumed_from`` (8 ranks,
-    like the reference), within REL_TOL after (6 ranks: sums in another order)."""
+    like the reference, in the first run's first attempt), within REL_TOL after (6
+    ranks, in place or requeued: sums in another order)."""
     losses = training.losses()
     assert sorted(losses) == list(range(1, STEPS + 1)), sorted(losses)
-    for step, (loss, _run, attempt) in losses.items():
+    for step, (loss, run, attempt) in losses.items():
         expected = reference[step]
         if step <= resumed_from:
-            assert attempt == 0 and loss == expected, (step, loss, expected)
+            assert (run, attempt) == (0, 0) and loss == expected, (step, loss, expected)
         else:
-            assert attempt >= 1, (step, attempt)
+            assert (run, attempt) != (0, 0), (step, run, attempt)
             assert abs(loss - expected) <= REL_TOL * abs(expected), (step, loss, expected)
 
 
@@ -184,3 +195,48 @@ def test_fsdp_without_replicas_falls_back_to_the_periodic_checkpoint_and_says_so
     assert_trajectory(training, reference, periodic)
     weights = compare_weights(cluster, training.ckpt_dir, reference_dir)
     assert weights["max_rel_diff"] <= REL_TOL, weights
+
+
+def test_ddp_losing_the_batch_host_resumes_by_requeue_on_three_nodes(cluster, jobs,
+                                                                    ddp_reference, rng):
+    """The requeue path with PyTorch state: the batch host dies, the survivors on the
+    other nodes write the triggered checkpoint of the last completed step and ask for
+    the requeue; run 1 loads it on 6 ranks and finishes on the fault-free trajectory."""
+    reference_dir, reference = ddp_reference
+    training = Training.submit(cluster, "torch-ddp-requeue", STEPS, program=TORCH_DDP,
+                               trainer_args=PERIODIC, submit_args=TORCHRUN)
+    jobs.job_ids.append(training.job_id)
+    wait_fault_step(training, rng)
+    running = training.job()
+    assert running is not None and len(running.nodes) == 4, running
+    victim = running.batch_host or running.nodes[0]
+    cluster.crash(victim)
+    try:
+        wait_until("run 1 to start", lambda: (job := training.job()) is None
+                   or (job.restart_count >= 1 and job.state == "RUNNING"),
+                   timeout_s=240, interval_s=0.5)
+    finally:
+        cluster.restore(victim)
+    records = training.wait_finished(timeout_s=600)
+    assert [r.state for r in records if r.state != "RESIZING"] in (
+        ["REQUEUED", "COMPLETED"], ["NODE_FAIL", "COMPLETED"]), records
+    assert len(records[-1].nodes) == 3 and victim not in records[-1].nodes, records
+    events = training.events()
+    assert not [e for e in events if e["event"] == "restart"]  # nothing restarted in place
+    requests = [e for e in events if e["event"] == "requeue-requested"]
+    assert requests and {e["why"] for e in requests} == {f"the batch host {victim} is lost"}
+    saved = survivors_save(events, run=0)
+    assert saved is not None, "the survivors neither wrote nor found a checkpoint"
+    checkpoint_step, _kept_by = saved
+    assert checkpoint_step >= training.last_step(0), (checkpoint_step, training.last_step(0))
+    [restore] = [e for e in events if e["event"] == "restore" and e["run"] == 1
+                 and e["rank"] == 0]
+    assert restore["step"] == checkpoint_step, restore
+    assert (restore["world_size_saved"], restore["world_size"]) == (8, 6), restore
+    [start] = [e for e in events if e["event"] == "run-start" and e["run"] == 1]
+    assert start["layout"]["dp"] == 6 and start["layout"]["grad_accum"] == 4  # 48 kept
+    wait_until("no torch rank left", lambda: no_trainer_left(cluster, TORCH_PROCESS),
+               timeout_s=60)
+    assert_trajectory(training, reference, checkpoint_step)
+    weights = compare_weights(cluster, training.ckpt_dir, reference_dir)
+    assert weights["steps"] == [STEPS, STEPS] and weights["max_rel_diff"] <= REL_TOL, weights
