@@ -6,9 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from slurmkit.cli import cli
-from slurmkit.cli._context import Connection
-from slurmkit.slurm.runner import RecordingRunner
-from tests.unit.conftest import fake_slurm
+from tests.unit.fakes import fake_slurm, use_fake_slurm
 
 
 @pytest.fixture
@@ -110,9 +108,7 @@ def test_dry_run_after_every_node_crashed_once_excludes_none(monkeypatch, data, 
               "c2|1796015828|1796015830|DOWN*|Not responding\n"
               "c1|1796015920|1796015937|DOWN*|Not responding\n")
 
-    respond = fake_slurm(data, sacct=sacct, events=events)
-    monkeypatch.setattr(Connection, "runner", lambda self: RecordingRunner(respond))
-    monkeypatch.setattr("slurmkit.cli.submit._have_slurm", lambda: True)
+    use_fake_slurm(monkeypatch, fake_slurm(data, sacct=sacct, events=events))
     spec_file.write_text('kind = "training"\ncommand = ["python", "train.py"]\n'
                          'nodes = "3-4"\ngpus_per_node = 8\n')
     result = CliRunner().invoke(cli, ["submit", str(spec_file), "--dry-run", "--explain"])

@@ -231,7 +231,7 @@ def test_12500_nodes_the_job_stays_placeable_when_enough_nodes_are_up(big, minim
 def _client(data, *, sbatch_stderr=""):
     from slurmkit.slurm.client import SlurmClient
     from slurmkit.slurm.runner import RecordingRunner
-    from tests.unit.conftest import fake_slurm
+    from tests.unit.fakes import fake_slurm
 
     class Runner(RecordingRunner):
         """Also keeps what each command read on stdin (sbatch: the script)."""
